@@ -207,7 +207,7 @@ pub struct Service {
 }
 
 /// One port of an EndpointSlice.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EndpointPort {
     /// Empty for an unnamed port.
     pub name: Arc<str>,

@@ -1,0 +1,269 @@
+//! The catalog's mutable state and how source events change it.
+//!
+//! [`Store::apply`] is a pure state transition (no I/O, no clock but the disconnect timestamp):
+//! it upserts or deletes one object, remembers which Services changed, and re-merges endpoints
+//! lazily, once per Service per batch, in [`Store::snapshot`].
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{CHANGE_LOG_LEN, Snapshot, merge};
+use crate::model::{EndpointSlice, Kind, Namespace, Node, Object, ObjectKey, ObjectRef, Pod, Service};
+use crate::source::SourceEvent;
+
+/// The working state behind the published snapshots.
+#[derive(Debug, Default)]
+pub struct Store {
+    snap: Snapshot,
+    /// Slices grouped by the key of the Service they belong to, in slice-name order.
+    slices: HashMap<ObjectKey, BTreeMap<Arc<str>, Arc<EndpointSlice>>>,
+    /// Every known slice and the Service it belongs to (None: no `kubernetes.io/service-name`).
+    slice_owner: HashMap<ObjectKey, Option<ObjectKey>>,
+    /// Services changed since the last snapshot.
+    changed: HashSet<ObjectKey>,
+    /// Services whose slices changed since the last snapshot.
+    remerge: HashSet<ObjectKey>,
+    nodes_changed: bool,
+    /// Something other than Services changed (pods, namespaces, sync state).
+    dirty: bool,
+    /// When the first event since the last snapshot arrived.
+    first_event: Option<Instant>,
+}
+
+impl Store {
+    /// Applies one source event.
+    pub fn apply(&mut self, event: SourceEvent) {
+        self.first_event.get_or_insert_with(Instant::now);
+        match event {
+            SourceEvent::Replace { kind, objects } => self.replace(kind, objects),
+            SourceEvent::Apply(object) => self.upsert(object),
+            SourceEvent::Delete(object_ref) => self.delete(&object_ref),
+            SourceEvent::Synced => {
+                self.snap.synced = true;
+                self.dirty = true;
+            }
+            SourceEvent::Connected(connected) => {
+                let since = &mut self.snap.disconnected_since;
+                match (connected, since.is_some()) {
+                    (true, true) => *since = None,
+                    (false, false) => *since = Some(Instant::now()),
+                    _ => return,
+                }
+                self.dirty = true;
+            }
+        }
+    }
+
+    /// The next snapshot, if anything changed since the previous one.
+    pub fn snapshot(&mut self) -> Option<Arc<Snapshot>> {
+        if !self.dirty && self.changed.is_empty() && self.remerge.is_empty() && !self.nodes_changed
+        {
+            self.first_event = None;
+            return None;
+        }
+        for service in std::mem::take(&mut self.remerge) {
+            self.remerge_endpoints(&service);
+        }
+        let snap = &mut self.snap;
+        snap.generation += 1;
+        snap.changed_at = self.first_event.take();
+        if !self.changed.is_empty() {
+            let keys: Arc<[ObjectKey]> = self.changed.drain().collect();
+            snap.change_log.push_back((snap.generation, keys));
+            while snap.change_log.len() > CHANGE_LOG_LEN {
+                if let Some((g, _)) = snap.change_log.pop_front() {
+                    snap.change_log_floor = snap.change_log_floor.max(g);
+                }
+            }
+        }
+        if std::mem::take(&mut self.nodes_changed) {
+            snap.node_changes.push_back(snap.generation);
+            while snap.node_changes.len() > CHANGE_LOG_LEN {
+                if let Some(g) = snap.node_changes.pop_front() {
+                    snap.change_log_floor = snap.change_log_floor.max(g);
+                }
+            }
+        }
+        self.dirty = false;
+        Some(Arc::new(snap.clone()))
+    }
+
+    fn replace(&mut self, kind: Kind, objects: Vec<Object>) {
+        let keep: HashSet<ObjectKey> = objects
+            .iter()
+            .filter(|o| o.kind() == kind)
+            .map(Object::key)
+            .collect();
+        let gone: Vec<ObjectKey> = self
+            .keys_of(kind)
+            .into_iter()
+            .filter(|k| !keep.contains(k))
+            .collect();
+        for key in gone {
+            self.delete(&ObjectRef { kind, key });
+        }
+        for object in objects.into_iter().filter(|o| o.kind() == kind) {
+            self.upsert(object);
+        }
+    }
+
+    fn keys_of(&self, kind: Kind) -> Vec<ObjectKey> {
+        let cluster = |name: &Arc<str>| ObjectKey {
+            namespace: "".into(),
+            name: name.clone(),
+        };
+        match kind {
+            Kind::Service => self.snap.services.keys().cloned().collect(),
+            Kind::EndpointSlice => self.slice_owner.keys().cloned().collect(),
+            Kind::Pod => self.snap.pods.keys().cloned().collect(),
+            Kind::Node => self.snap.nodes.keys().map(cluster).collect(),
+            Kind::Namespace => self.snap.namespaces.iter().map(cluster).collect(),
+        }
+    }
+
+    fn upsert(&mut self, object: Object) {
+        match object {
+            Object::Service(s) => self.upsert_service(s),
+            Object::EndpointSlice(s) => self.upsert_slice(s),
+            Object::Pod(p) => self.upsert_pod(p),
+            Object::Node(n) => self.upsert_node(n),
+            Object::Namespace(n) => self.upsert_namespace(n),
+        }
+    }
+
+    fn delete(&mut self, object: &ObjectRef) {
+        let key = &object.key;
+        match object.kind {
+            Kind::Service => {
+                if self.snap.services.remove(key).is_some() {
+                    self.changed.insert(key.clone());
+                }
+            }
+            Kind::EndpointSlice => self.delete_slice(key),
+            Kind::Pod => {
+                if let Some(old) = self.snap.pods.remove(key) {
+                    self.count_pod_ips(&old, false);
+                    self.dirty = true;
+                }
+            }
+            Kind::Node => {
+                if self.snap.nodes.remove(&key.name).is_some() {
+                    self.nodes_changed = true;
+                }
+            }
+            Kind::Namespace => {
+                if self.snap.namespaces.remove(&key.name).is_some() {
+                    self.dirty = true;
+                }
+            }
+        }
+    }
+
+    fn upsert_service(&mut self, service: Arc<Service>) {
+        if self.snap.services.get(&service.key) == Some(&service) {
+            return;
+        }
+        self.changed.insert(service.key.clone());
+        self.snap.services.insert(service.key.clone(), service);
+    }
+
+    fn upsert_slice(&mut self, slice: Arc<EndpointSlice>) {
+        let owner = slice
+            .service_name
+            .as_ref()
+            .map(|svc| ObjectKey {
+                namespace: slice.key.namespace.clone(),
+                name: svc.clone(),
+            });
+        if let Some(Some(old_owner)) = self.slice_owner.get(&slice.key) {
+            let unchanged = self
+                .slices
+                .get(old_owner)
+                .and_then(|m| m.get(&slice.key.name))
+                .is_some_and(|old| **old == *slice);
+            if unchanged {
+                return;
+            }
+        }
+        self.delete_slice(&slice.key);
+        self.slice_owner.insert(slice.key.clone(), owner.clone());
+        if let Some(owner) = owner {
+            self.slices
+                .entry(owner.clone())
+                .or_default()
+                .insert(slice.key.name.clone(), slice);
+            self.remerge.insert(owner);
+        }
+    }
+
+    fn delete_slice(&mut self, key: &ObjectKey) {
+        let Some(owner) = self.slice_owner.remove(key) else {
+            return;
+        };
+        let Some(owner) = owner else { return };
+        if let Some(slices) = self.slices.get_mut(&owner) {
+            slices.remove(&key.name);
+            if slices.is_empty() {
+                self.slices.remove(&owner);
+            }
+        }
+        self.remerge.insert(owner);
+    }
+
+    fn remerge_endpoints(&mut self, service: &ObjectKey) {
+        let merged = match self.slices.get(service) {
+            Some(slices) => merge::merge(slices.values().map(|s| &**s)),
+            None => Arc::from(Vec::new()),
+        };
+        let old = self.snap.endpoints.get(service);
+        if old.map(|o| &**o) == Some(&*merged) || (old.is_none() && merged.is_empty()) {
+            return;
+        }
+        if merged.is_empty() {
+            self.snap.endpoints.remove(service);
+        } else {
+            self.snap.endpoints.insert(service.clone(), merged);
+        }
+        self.changed.insert(service.clone());
+    }
+
+    fn upsert_pod(&mut self, pod: Arc<Pod>) {
+        if let Some(old) = self.snap.pods.get(&pod.key).cloned() {
+            if old == pod {
+                return;
+            }
+            self.count_pod_ips(&old, false);
+        }
+        self.count_pod_ips(&pod, true);
+        self.snap.pods.insert(pod.key.clone(), pod);
+        self.dirty = true;
+    }
+
+    fn count_pod_ips(&mut self, pod: &Pod, add: bool) {
+        for ip in &pod.ips {
+            let key = (pod.key.namespace.clone(), *ip);
+            let count = self.snap.pod_ips.get(&key).copied().unwrap_or(0);
+            let count = if add { count + 1 } else { count.saturating_sub(1) };
+            if count == 0 {
+                self.snap.pod_ips.remove(&key);
+            } else {
+                self.snap.pod_ips.insert(key, count);
+            }
+        }
+    }
+
+    fn upsert_node(&mut self, node: Arc<Node>) {
+        if self.snap.nodes.get(&node.name) == Some(&node) {
+            return;
+        }
+        self.snap.nodes.insert(node.name.clone(), node);
+        self.nodes_changed = true;
+    }
+
+    fn upsert_namespace(&mut self, namespace: Arc<Namespace>) {
+        if self.snap.namespaces.insert(namespace.name.clone()).is_none() {
+            self.dirty = true;
+        }
+    }
+}

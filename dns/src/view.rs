@@ -1,0 +1,253 @@
+//! The DNS view of the catalog: Services indexed by DNS name, and the reverse (PTR) index.
+//!
+//! [`ViewBuilder::update`] turns a catalog [`Snapshot`] into a [`View`] doing work in proportion
+//! to the Services that changed since the previous update (the catalog's change log): each
+//! changed Service's entry is rebuilt and its PTR contributions swapped. The `View` is immutable
+//! and published through an `ArcSwap`, so query workers read it without locks; persistent maps
+//! make each publication O(changes).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use svcplane_common::catalog::{Changes, Snapshot};
+use svcplane_common::model::{MergedEndpoint, ObjectKey, Service, ServiceType};
+
+use crate::name::{Name, dashed};
+
+/// Settings the view needs.
+#[derive(Debug, Clone)]
+pub struct ViewConfig {
+    /// The cluster domain, e.g. `cluster.local`.
+    pub zone: Name,
+}
+
+/// One Service as DNS serves it.
+#[derive(Debug, Clone)]
+pub struct ServiceDns {
+    pub service: Arc<Service>,
+    /// `<svc>.<ns>.svc.<zone>`.
+    pub fqdn: Name,
+    /// For ExternalName Services: the target.
+    pub external: Option<Name>,
+    /// All endpoints of the Service, as the catalog merged them.
+    pub endpoints: Arc<[MergedEndpoint]>,
+    /// Indexes into `endpoints` of those DNS publishes (ready, or every one with
+    /// `publishNotReadyAddresses`), sorted by (hostname, address) for binary search.
+    pub usable: Box<[u32]>,
+}
+
+impl ServiceDns {
+    pub fn usable(&self) -> impl Iterator<Item = &MergedEndpoint> {
+        self.usable.iter().map(|i| &self.endpoints[*i as usize])
+    }
+
+    /// Usable endpoints whose DNS label (hostname, or dashed address without one) is `label`.
+    pub fn endpoints_labelled<'a>(&'a self, label: &str) -> Vec<&'a MergedEndpoint> {
+        let key = |i: &u32| {
+            let e = &self.endpoints[*i as usize].endpoint;
+            (e.hostname.as_deref(), e.ip)
+        };
+        let mut out = Vec::new();
+        let start = self.usable.partition_point(|i| key(i).0 < Some(label));
+        for i in self.usable[start..].iter().take_while(|i| key(i).0 == Some(label)) {
+            out.push(&self.endpoints[*i as usize]);
+        }
+        if let Some(ip) = crate::name::parse_dashed(label.as_bytes()) {
+            let start = self.usable.partition_point(|i| key(i) < (None, ip));
+            for i in self.usable[start..].iter().take_while(|i| key(i) == (None, ip)) {
+                out.push(&self.endpoints[*i as usize]);
+            }
+        }
+        out
+    }
+
+    /// The DNS name of an endpoint of this Service.
+    pub fn endpoint_name(&self, e: &MergedEndpoint) -> Option<Name> {
+        let label = match &e.endpoint.hostname {
+            Some(h) => h.to_string(),
+            None => dashed(&e.endpoint.ip),
+        };
+        self.fqdn.child(label.as_bytes()).ok()
+    }
+}
+
+/// What query workers read.
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    /// The catalog generation this view reflects.
+    pub generation: u64,
+    pub synced: bool,
+    /// Keyed by `<svc>.<ns>`.
+    pub services: imbl::HashMap<Arc<str>, Arc<ServiceDns>>,
+    /// Number of Services per namespace (a namespace with Services exists in DNS).
+    pub namespace_services: imbl::HashMap<Arc<str>, u32>,
+    /// PTR targets per address: ClusterIPs and endpoint addresses.
+    pub reverse: imbl::HashMap<IpAddr, Arc<[Name]>>,
+    pub snapshot: Arc<Snapshot>,
+}
+
+impl View {
+    pub fn service(&self, namespace: &str, name: &str) -> Option<&Arc<ServiceDns>> {
+        let mut key = String::with_capacity(name.len() + namespace.len() + 1);
+        key.push_str(name);
+        key.push('.');
+        key.push_str(namespace);
+        self.services.get(key.as_str())
+    }
+
+    pub fn namespace_exists(&self, namespace: &str) -> bool {
+        self.namespace_services.contains_key(namespace) || self.snapshot.namespace_exists(namespace)
+    }
+}
+
+/// Builds successive views; owns the bookkeeping that lets updates be incremental.
+#[derive(Debug)]
+pub struct ViewBuilder {
+    config: ViewConfig,
+    view: View,
+    /// PTR entries each Service contributed, to withdraw them when it changes.
+    contributed: HashMap<ObjectKey, Vec<(IpAddr, Name)>>,
+}
+
+impl ViewBuilder {
+    pub fn new(config: ViewConfig) -> Self {
+        ViewBuilder {
+            config,
+            view: View::default(),
+            contributed: HashMap::new(),
+        }
+    }
+
+    /// The view for `snapshot`, rebuilt only where Services changed.
+    pub fn update(&mut self, snapshot: Arc<Snapshot>) -> Arc<View> {
+        let keys: Vec<ObjectKey> = match snapshot.changes_since(self.view.generation) {
+            Changes::Full => {
+                let mut all: Vec<ObjectKey> = snapshot.services.keys().cloned().collect();
+                all.extend(self.contributed.keys().cloned());
+                all
+            }
+            Changes::Some { services, .. } => services.into_iter().collect(),
+        };
+        for key in keys {
+            self.rebuild(&snapshot, &key);
+        }
+        self.view.generation = snapshot.generation;
+        self.view.synced = snapshot.synced;
+        self.view.snapshot = snapshot;
+        Arc::new(self.view.clone())
+    }
+
+    fn rebuild(&mut self, snapshot: &Snapshot, key: &ObjectKey) {
+        let map_key: Arc<str> = format!("{}.{}", key.name, key.namespace).into();
+        let old = self.view.services.remove(&map_key);
+        if old.is_some() {
+            self.count_namespace(&key.namespace, false);
+        }
+        for (ip, name) in self.contributed.remove(key).unwrap_or_default() {
+            self.withdraw(ip, &name);
+        }
+        let Some(service) = snapshot.services.get(key) else {
+            return;
+        };
+        let endpoints = snapshot
+            .endpoints
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| Arc::from(Vec::new()));
+        let Some(entry) = build(&self.config, service.clone(), endpoints) else {
+            tracing::warn!(service = %key, "service name does not fit in DNS; not served");
+            return;
+        };
+        let ptrs = ptr_entries(&entry);
+        for (ip, name) in &ptrs {
+            self.publish(*ip, name.clone());
+        }
+        self.contributed.insert(key.clone(), ptrs);
+        self.view.services.insert(map_key, Arc::new(entry));
+        self.count_namespace(&key.namespace, true);
+    }
+
+    fn count_namespace(&mut self, ns: &Arc<str>, add: bool) {
+        let n = self.view.namespace_services.get(ns).copied().unwrap_or(0);
+        let n = if add { n + 1 } else { n.saturating_sub(1) };
+        if n == 0 {
+            self.view.namespace_services.remove(ns);
+        } else {
+            self.view.namespace_services.insert(ns.clone(), n);
+        }
+    }
+
+    fn publish(&mut self, ip: IpAddr, name: Name) {
+        let mut names: Vec<Name> = self.view.reverse.get(&ip).map(|n| n.to_vec()).unwrap_or_default();
+        if !names.contains(&name) {
+            names.push(name);
+            names.sort_by(|a, b| a.wire().cmp(b.wire()));
+        }
+        self.view.reverse.insert(ip, names.into());
+    }
+
+    fn withdraw(&mut self, ip: IpAddr, name: &Name) {
+        let Some(names) = self.view.reverse.get(&ip) else {
+            return;
+        };
+        let rest: Vec<Name> = names.iter().filter(|n| *n != name).cloned().collect();
+        if rest.is_empty() {
+            self.view.reverse.remove(&ip);
+        } else {
+            self.view.reverse.insert(ip, rest.into());
+        }
+    }
+}
+
+/// The DNS entry of one Service; None if its name does not fit in DNS.
+fn build(
+    config: &ViewConfig,
+    service: Arc<Service>,
+    endpoints: Arc<[MergedEndpoint]>,
+) -> Option<ServiceDns> {
+    let fqdn = config
+        .zone
+        .child(b"svc")
+        .and_then(|n| n.child(service.key.namespace.as_bytes()))
+        .and_then(|n| n.child(service.key.name.as_bytes()))
+        .ok()?;
+    let external = match (&service.service_type, &service.external_name) {
+        (ServiceType::ExternalName, Some(target)) => Some(Name::from_dotted(target).ok()?),
+        _ => None,
+    };
+    let publish_all = service.publish_not_ready_addresses;
+    let mut usable: Vec<u32> = (0..endpoints.len() as u32)
+        .filter(|i| publish_all || endpoints[*i as usize].endpoint.ready)
+        .collect();
+    usable.sort_by(|a, b| {
+        let (a, b) = (&endpoints[*a as usize].endpoint, &endpoints[*b as usize].endpoint);
+        (a.hostname.as_deref(), a.ip).cmp(&(b.hostname.as_deref(), b.ip))
+    });
+    Some(ServiceDns {
+        service,
+        fqdn,
+        external,
+        endpoints,
+        usable: usable.into(),
+    })
+}
+
+/// PTR records a Service contributes: its ClusterIPs → the Service name, and (as CoreDNS does,
+/// for every Service type) each usable endpoint address → `<hostname>.<svc>.<ns>.svc.<zone>`.
+fn ptr_entries(entry: &ServiceDns) -> Vec<(IpAddr, Name)> {
+    let mut out: Vec<(IpAddr, Name)> = entry
+        .service
+        .cluster_ips
+        .iter()
+        .map(|ip| (*ip, entry.fqdn.clone()))
+        .collect();
+    for e in entry.usable() {
+        if let Some(name) = entry.endpoint_name(e) {
+            out.push((e.endpoint.ip, name));
+        }
+    }
+    out.sort_by(|a, b| (a.0, a.1.wire()).cmp(&(b.0, b.1.wire())));
+    out.dedup();
+    out
+}
