@@ -6,6 +6,7 @@
 //! go through [`forward`] with its [`cache`].
 
 pub mod answer;
+pub mod app;
 pub mod cache;
 pub mod forward;
 pub mod metrics;

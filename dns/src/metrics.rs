@@ -79,13 +79,13 @@ impl Default for DnsMetrics {
 
 impl DnsMetrics {
     pub fn register(&self, r: &mut Registry) {
-        r.register("coredns_dns_requests", "Counter of DNS requests made per zone, protocol and family.", self.requests.clone());
-        r.register("coredns_dns_responses", "Counter of response status codes.", self.responses.clone());
-        r.register("coredns_dns_request_duration_seconds", "Histogram of the time (in seconds) each request took.", self.duration.clone());
-        r.register("svcplane_dns_programming_duration_seconds", "Time from a catalog change to the answers reflecting it.", self.programming.clone());
-        r.register("svcplane_dns_catalog_stale_seconds", "Seconds answers have come from the last known state while the source is disconnected.", self.stale_seconds.clone());
-        r.register("svcplane_dns_catalog_generation", "Catalog generation the answers reflect.", self.generation.clone());
-        r.register("svcplane_dns_dropped_queries", "Packets dropped without an answer (responses, runts).", self.dropped.clone());
+        r.register("coredns_dns_requests", "Counter of DNS requests made per zone, protocol and family", self.requests.clone());
+        r.register("coredns_dns_responses", "Counter of response status codes", self.responses.clone());
+        r.register("coredns_dns_request_duration_seconds", "Histogram of the time (in seconds) each request took", self.duration.clone());
+        r.register("svcplane_dns_programming_duration_seconds", "Time from a catalog change to the answers reflecting it", self.programming.clone());
+        r.register("svcplane_dns_catalog_stale_seconds", "Seconds answers have come from the last known state while the source is disconnected", self.stale_seconds.clone());
+        r.register("svcplane_dns_catalog_generation", "Catalog generation the answers reflect", self.generation.clone());
+        r.register("svcplane_dns_dropped_queries", "Packets dropped without an answer (responses, runts)", self.dropped.clone());
     }
 }
 
