@@ -614,3 +614,7 @@ fn soa(cfg: &ResolveConfig, view: &View) -> RData {
 pub fn dashed_label(ip: &IpAddr) -> String {
     dashed(ip)
 }
+
+#[cfg(test)]
+#[path = "answer_tests.rs"]
+mod tests;

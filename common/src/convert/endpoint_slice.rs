@@ -53,10 +53,7 @@ pub fn endpoint_slice(obj: &api::EndpointSlice) -> Result<Option<EndpointSlice>,
         .map(|(i, e)| endpoint(i, e, family))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Some(EndpointSlice {
-        key: ObjectKey {
-            namespace,
-            name,
-        },
+        key: ObjectKey { namespace, name },
         service_name: label(labels, SERVICE_NAME_LABEL),
         family,
         ports,

@@ -39,10 +39,7 @@ pub fn service(obj: &api::Service) -> Result<Service, ConvertError> {
     let external = is_externally_accessible(service_type, &external_ips);
     let external_traffic_policy = external_traffic_policy(spec, external)?;
     Ok(Service {
-        key: ObjectKey {
-            namespace,
-            name,
-        },
+        key: ObjectKey { namespace, name },
         service_type,
         headless,
         cluster_ips,

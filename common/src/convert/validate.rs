@@ -68,9 +68,7 @@ fn is_label_part(s: &str) -> bool {
     let b = s.as_bytes();
     let ok = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
     match (b.first(), b.last()) {
-        (Some(first), Some(last)) => {
-            ok(first) && ok(last) && b.iter().all(|c| ok(c) || *c == b'-')
-        }
+        (Some(first), Some(last)) => ok(first) && ok(last) && b.iter().all(|c| ok(c) || *c == b'-'),
         _ => false,
     }
 }
@@ -127,13 +125,17 @@ pub(crate) fn label(key: &str, value: &str) -> Result<(), ConvertError> {
     if !key_ok {
         return Err(ConvertError::forbidden(
             "metadata.labels",
-            format!("{key:?} is not a valid label key (an optional DNS-1123 subdomain and '/', then at most 63 characters of A-Z, a-z, 0-9, '-', '_', '.', alphanumeric at both ends)"),
+            format!(
+                "{key:?} is not a valid label key (an optional DNS-1123 subdomain and '/', then at most 63 characters of A-Z, a-z, 0-9, '-', '_', '.', alphanumeric at both ends)"
+            ),
         ));
     }
     if !value.is_empty() && !is_label_token(value) {
         return Err(ConvertError::forbidden(
             format!("metadata.labels[{key}]"),
-            format!("{value:?} is not a valid label value (at most 63 characters of A-Z, a-z, 0-9, '-', '_', '.', alphanumeric at both ends)"),
+            format!(
+                "{value:?} is not a valid label value (at most 63 characters of A-Z, a-z, 0-9, '-', '_', '.', alphanumeric at both ends)"
+            ),
         ));
     }
     Ok(())

@@ -28,10 +28,7 @@ pub fn pod(obj: &api::Pod) -> Result<Pod, ConvertError> {
         None => None,
     };
     Ok(Pod {
-        key: ObjectKey {
-            namespace,
-            name,
-        },
+        key: ObjectKey { namespace, name },
         ips: pod_ips(obj.status.as_ref())?,
         node_name,
         labels: labels
@@ -86,9 +83,7 @@ pub fn node(obj: &api::Node) -> Result<Node, ConvertError> {
 }
 
 fn node_addresses(status: Option<&api::NodeStatus>) -> Result<Vec<IpAddr>, ConvertError> {
-    let list = status
-        .and_then(|s| s.addresses.as_deref())
-        .unwrap_or(&[]);
+    let list = status.and_then(|s| s.addresses.as_deref()).unwrap_or(&[]);
     let mut out: Vec<IpAddr> = Vec::new();
     for wanted in ["InternalIP", "ExternalIP"] {
         for (i, a) in list.iter().enumerate() {

@@ -67,7 +67,8 @@ fn decode_errors_name_the_field() {
         "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec:\n  ports:\n  - port: 80\n  - port: abc\n",
     );
     assert!(e.starts_with("spec.ports[1].port: invalid type"), "{e}");
-    let e = error("apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec:\n  ports:\n  - name: x\n");
+    let e =
+        error("apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec:\n  ports:\n  - name: x\n");
     // k8s-openapi defaults a missing `port` to 0, which the range check rejects (as the API does).
     assert_eq!(e, "spec.ports[0].port: 0 is not in 1..=65535");
     let e = error("apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {type: [1]}\n");
@@ -76,7 +77,9 @@ fn decode_errors_name_the_field() {
 
 #[test]
 fn namespace_defaults_for_manifests() {
-    let s = service("apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {ports: [{port: 80}]}\n");
+    let s = service(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {ports: [{port: 80}]}\n",
+    );
     assert_eq!(&*s.key.namespace, "default");
     let s = service(
         "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: ''}\nspec: {ports: [{port: 80}]}\n",
@@ -100,10 +103,12 @@ fn typed_functions_require_a_namespace() {
 #[test]
 fn identity_describes_raw_documents() {
     let v: serde_json::Value =
-        serde_saphyr::from_str("apiVersion: v1\nkind: Service\nmetadata: {name: web}\n").expect("parses");
+        serde_saphyr::from_str("apiVersion: v1\nkind: Service\nmetadata: {name: web}\n")
+            .expect("parses");
     assert_eq!(super::Identity::of(&v).describe(), "Service default/web");
     let v: serde_json::Value =
-        serde_saphyr::from_str("apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n").expect("parses");
+        serde_saphyr::from_str("apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n")
+            .expect("parses");
     assert_eq!(super::Identity::of(&v).describe(), "Node n1");
     let v: serde_json::Value = serde_saphyr::from_str("kind: Service\n").expect("parses");
     assert_eq!(super::Identity::of(&v).describe(), "Service (unnamed)");

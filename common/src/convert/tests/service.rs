@@ -13,7 +13,9 @@ fn ip(s: &str) -> IpAddr {
 
 /// A Service document with `spec` given as YAML lines indented by 2.
 fn doc(spec: &str) -> String {
-    format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: shop\nspec:\n{spec}")
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: shop\nspec:\n{spec}"
+    )
 }
 
 const PORT: &str = "  ports:\n  - port: 80\n";
@@ -43,9 +45,11 @@ fn defaults() {
 
 #[test]
 fn names() {
-    let bad = "apiVersion: v1\nkind: Service\nmetadata: {name: Web_App}\nspec: {ports: [{port: 80}]}\n";
+    let bad =
+        "apiVersion: v1\nkind: Service\nmetadata: {name: Web_App}\nspec: {ports: [{port: 80}]}\n";
     assert!(error(bad).starts_with("metadata.name: \"Web_App\" is not a DNS-1035 label ("));
-    let digit = "apiVersion: v1\nkind: Service\nmetadata: {name: 1web}\nspec: {ports: [{port: 80}]}\n";
+    let digit =
+        "apiVersion: v1\nkind: Service\nmetadata: {name: 1web}\nspec: {ports: [{port: 80}]}\n";
     assert!(error(digit).starts_with("metadata.name: \"1web\" is not a DNS-1035 label"));
     let long = format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: {}}}\nspec: {{ports: [{{port: 80}}]}}\n",
@@ -71,19 +75,26 @@ fn labels() {
 
 #[test]
 fn port_range() {
-    let e = error(&doc("  ports:\n  - {name: a, port: 80}\n  - {name: b, port: 70000}\n"));
+    let e = error(&doc(
+        "  ports:\n  - {name: a, port: 80}\n  - {name: b, port: 70000}\n",
+    ));
     assert_eq!(e, "spec.ports[1].port: 70000 is not in 1..=65535");
     assert_eq!(
         error(&doc("  ports: [{port: 0}]\n")),
         "spec.ports[0].port: 0 is not in 1..=65535"
     );
     assert_eq!(error(&doc("  ports: []\n")), "spec.ports: required value");
-    assert_eq!(error(&doc("  type: NodePort\n")), "spec.ports: required value");
+    assert_eq!(
+        error(&doc("  type: NodePort\n")),
+        "spec.ports: required value"
+    );
 }
 
 #[test]
 fn protocols() {
-    let s = service(&doc("  ports:\n  - {name: d, port: 53, protocol: UDP}\n  - {name: s, port: 53, protocol: SCTP}\n  - {name: t, port: 53, protocol: ''}\n"));
+    let s = service(&doc(
+        "  ports:\n  - {name: d, port: 53, protocol: UDP}\n  - {name: s, port: 53, protocol: SCTP}\n  - {name: t, port: 53, protocol: ''}\n",
+    ));
     let protocols: Vec<Protocol> = s.ports.iter().map(|p| p.protocol).collect();
     assert_eq!(protocols, [Protocol::Udp, Protocol::Sctp, Protocol::Tcp]);
     assert_eq!(
@@ -103,14 +114,20 @@ fn port_names() {
             .starts_with("spec.ports[0].name: \"Http\" is not a DNS-1123 label")
     );
     assert_eq!(
-        error(&doc("  ports:\n  - {name: a, port: 80}\n  - {name: a, port: 81}\n")),
+        error(&doc(
+            "  ports:\n  - {name: a, port: 80}\n  - {name: a, port: 81}\n"
+        )),
         "spec.ports[1].name: \"a\" duplicates spec.ports[0].name"
     );
     assert_eq!(
-        error(&doc("  ports:\n  - {name: a, port: 80}\n  - {name: b, port: 80}\n")),
+        error(&doc(
+            "  ports:\n  - {name: a, port: 80}\n  - {name: b, port: 80}\n"
+        )),
         "spec.ports[1]: \"80/TCP\" duplicates spec.ports[0]"
     );
-    let s = service(&doc("  ports:\n  - {name: a, port: 53}\n  - {name: b, port: 53, protocol: UDP}\n"));
+    let s = service(&doc(
+        "  ports:\n  - {name: a, port: 53}\n  - {name: b, port: 53, protocol: UDP}\n",
+    ));
     assert_eq!(s.ports.len(), 2);
 }
 
@@ -133,7 +150,12 @@ fn target_ports() {
         error(&doc("  ports: [{port: 80, targetPort: web_port}]\n"))
             .starts_with("spec.ports[0].targetPort: \"web_port\" is not a IANA service name")
     );
-    assert!(error(&doc("  ports: [{port: 80, targetPort: a-very-long-name}]\n")).contains("IANA"));
+    assert!(
+        error(&doc(
+            "  ports: [{port: 80, targetPort: a-very-long-name}]\n"
+        ))
+        .contains("IANA")
+    );
     assert_eq!(
         error(&doc("  ports: [{port: 80, targetPort: 70000}]\n")),
         "spec.ports[0].targetPort: 70000 is not in 1..=65535"
@@ -142,7 +164,9 @@ fn target_ports() {
 
 #[test]
 fn node_ports() {
-    let s = service(&doc("  type: NodePort\n  ports: [{port: 80, nodePort: 30080}]\n"));
+    let s = service(&doc(
+        "  type: NodePort\n  ports: [{port: 80, nodePort: 30080}]\n",
+    ));
     assert_eq!(s.service_type, ServiceType::NodePort);
     assert_eq!(s.ports[0].node_port, Some(30080));
     assert_eq!(
@@ -150,11 +174,15 @@ fn node_ports() {
         "spec.ports[0].nodePort: may not be set when spec.type is ClusterIP"
     );
     assert_eq!(
-        error(&doc("  type: NodePort\n  ports: [{port: 80, nodePort: 70000}]\n")),
+        error(&doc(
+            "  type: NodePort\n  ports: [{port: 80, nodePort: 70000}]\n"
+        )),
         "spec.ports[0].nodePort: 70000 is not in 1..=65535"
     );
     assert_eq!(
-        error(&doc("  type: NodePort\n  ports:\n  - {name: a, port: 80, nodePort: 30080}\n  - {name: b, port: 81, nodePort: 30080}\n")),
+        error(&doc(
+            "  type: NodePort\n  ports:\n  - {name: a, port: 80, nodePort: 30080}\n  - {name: b, port: 81, nodePort: 30080}\n"
+        )),
         "spec.ports[1].nodePort: \"30080/TCP\" duplicates spec.ports[0].nodePort"
     );
     let zero = service(&doc("  ports: [{port: 80, nodePort: 0}]\n"));
@@ -173,7 +201,9 @@ fn types() {
 
 #[test]
 fn external_names() {
-    let s = service(&doc("  type: ExternalName\n  externalName: db.example.com.\n"));
+    let s = service(&doc(
+        "  type: ExternalName\n  externalName: db.example.com.\n",
+    ));
     assert_eq!(s.service_type, ServiceType::ExternalName);
     assert_eq!(s.external_name.as_deref(), Some("db.example.com"));
     assert!(s.ports.is_empty() && s.cluster_ips.is_empty());
@@ -186,7 +216,9 @@ fn external_names() {
             .starts_with("spec.externalName: \"bad_name.com\" is not a DNS-1123 subdomain")
     );
     assert_eq!(
-        error(&doc("  type: ExternalName\n  externalName: a.com\n  clusterIP: 10.0.0.1\n")),
+        error(&doc(
+            "  type: ExternalName\n  externalName: a.com\n  clusterIP: 10.0.0.1\n"
+        )),
         "spec.clusterIP: may not be set when spec.type is ExternalName"
     );
     let other = service(&doc("  externalName: ignored.com\n  ports: [{port: 80}]\n"));
@@ -200,7 +232,9 @@ fn headless() {
     let s = service(&doc("  clusterIPs: [None]\n"));
     assert!(s.headless);
     assert_eq!(
-        error(&doc("  type: NodePort\n  clusterIP: None\n  ports: [{port: 80}]\n")),
+        error(&doc(
+            "  type: NodePort\n  clusterIP: None\n  ports: [{port: 80}]\n"
+        )),
         "spec.clusterIP: may be \"None\" only when spec.type is ClusterIP"
     );
     assert_eq!(
@@ -226,7 +260,9 @@ fn cluster_ips() {
         "spec.clusterIP: \"10.0.0.256\" is not a valid IP address"
     );
     assert_eq!(
-        error(&doc(&format!("  clusterIP: 10.0.0.1\n  clusterIPs: [10.0.0.2]\n{PORT}"))),
+        error(&doc(&format!(
+            "  clusterIP: 10.0.0.1\n  clusterIPs: [10.0.0.2]\n{PORT}"
+        ))),
         "spec.clusterIPs[0]: \"10.0.0.2\" must equal spec.clusterIP \"10.0.0.1\""
     );
     assert_eq!(
@@ -234,11 +270,15 @@ fn cluster_ips() {
         "spec.clusterIPs[1]: must be of a different IP family than the first entry"
     );
     assert_eq!(
-        error(&doc(&format!("  clusterIPs: [10.0.0.1, fd00::1, 10.0.0.2]\n{PORT}"))),
+        error(&doc(&format!(
+            "  clusterIPs: [10.0.0.1, fd00::1, 10.0.0.2]\n{PORT}"
+        ))),
         "spec.clusterIPs: at most two entries, one per IP family"
     );
     assert_eq!(
-        error(&doc(&format!("  clusterIPs: [10.0.0.1, 'fd00::01:x']\n{PORT}"))),
+        error(&doc(&format!(
+            "  clusterIPs: [10.0.0.1, 'fd00::01:x']\n{PORT}"
+        ))),
         "spec.clusterIPs[1]: \"fd00::01:x\" is not a valid IP address"
     );
 }
@@ -256,7 +296,9 @@ fn session_affinity() {
             error(&doc(&format!(
                 "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {{clientIP: {{timeoutSeconds: {bad}}}}}\n{PORT}"
             ))),
-            format!("spec.sessionAffinityConfig.clientIP.timeoutSeconds: {bad} is not in 1..=86400")
+            format!(
+                "spec.sessionAffinityConfig.clientIP.timeoutSeconds: {bad} is not in 1..=86400"
+            )
         );
     }
     assert_eq!(
@@ -288,7 +330,9 @@ fn traffic_policies() {
     assert_eq!(s.external_traffic_policy, TrafficPolicy::Local);
     assert_eq!(s.external_ips, [ip("192.0.2.10")]);
     assert_eq!(
-        error(&doc(&format!("  type: NodePort\n  externalTrafficPolicy: Global\n{PORT}"))),
+        error(&doc(&format!(
+            "  type: NodePort\n  externalTrafficPolicy: Global\n{PORT}"
+        ))),
         "spec.externalTrafficPolicy: \"Global\" is not one of Cluster, Local"
     );
     assert_eq!(
@@ -304,8 +348,10 @@ fn health_check_node_port() {
     )));
     assert_eq!(s.health_check_node_port, Some(32000));
     assert!(
-        error(&doc(&format!("  type: LoadBalancer\n  healthCheckNodePort: 32000\n{PORT}")))
-            .starts_with("spec.healthCheckNodePort: may only be set when")
+        error(&doc(&format!(
+            "  type: LoadBalancer\n  healthCheckNodePort: 32000\n{PORT}"
+        )))
+        .starts_with("spec.healthCheckNodePort: may only be set when")
     );
     assert_eq!(
         error(&doc(&format!(
@@ -335,7 +381,9 @@ fn source_ranges() {
     let p = |a: &str, len| IpPrefix { addr: ip(a), len };
     assert_eq!(s.lb_source_ranges, [p("10.0.0.0", 8), p("192.168.1.0", 24)]);
     assert_eq!(
-        error(&doc(&format!("  loadBalancerSourceRanges: [10.0.0.0/8]\n{PORT}"))),
+        error(&doc(&format!(
+            "  loadBalancerSourceRanges: [10.0.0.0/8]\n{PORT}"
+        ))),
         "spec.loadBalancerSourceRanges: may only be set when spec.type is LoadBalancer"
     );
     assert!(
@@ -358,8 +406,14 @@ fn load_balancer_ingress() {
     assert_eq!(
         service(&lb).lb_ingress,
         [
-            LbIngress { ip: ip("203.0.113.1"), ip_mode: IpMode::Vip },
-            LbIngress { ip: ip("203.0.113.2"), ip_mode: IpMode::Proxy },
+            LbIngress {
+                ip: ip("203.0.113.1"),
+                ip_mode: IpMode::Vip
+            },
+            LbIngress {
+                ip: ip("203.0.113.2"),
+                ip_mode: IpMode::Proxy
+            },
         ]
     );
     let cluster_ip = format!("{}{status}", doc(PORT));

@@ -24,7 +24,13 @@ fn dns1123_label() {
 #[test]
 fn dns1123_subdomain() {
     let rule = NameRule::Dns1123Subdomain;
-    for good in ["a", "a.b", "web-1.x-2", &"a".repeat(70), &"a.".repeat(126).trim_end_matches('.').to_owned()] {
+    for good in [
+        "a",
+        "a.b",
+        "web-1.x-2",
+        &"a".repeat(70),
+        "a.".repeat(126).trim_end_matches('.'),
+    ] {
         assert!(rule.matches(good), "{good}");
     }
     for bad in ["", "a..b", ".a", "a.", "A.b", "a_b", &"a".repeat(254)] {
@@ -47,7 +53,16 @@ fn iana_svc_name() {
     for good in ["http", "h2c", "web-1", "a234567890abcde"] {
         assert!(rule.matches(good), "{good}");
     }
-    for bad in ["", "8080", "-http", "http-", "ht--tp", "HTTP", "a234567890abcdef", "h_p"] {
+    for bad in [
+        "",
+        "8080",
+        "-http",
+        "http-",
+        "ht--tp",
+        "HTTP",
+        "a234567890abcdef",
+        "h_p",
+    ] {
         assert!(!rule.matches(bad), "{bad}");
     }
 }
@@ -84,7 +99,15 @@ fn ips_are_strict() {
             "{lz}"
         );
     }
-    for bad in ["", " 10.0.0.1", "10.0.0.256", "10.0.0", "fe80::1%eth0", "host", "1.2.3.4/32"] {
+    for bad in [
+        "",
+        " 10.0.0.1",
+        "10.0.0.256",
+        "10.0.0",
+        "fe80::1%eth0",
+        "host",
+        "1.2.3.4/32",
+    ] {
         assert!(
             matches!(validate::ip("f", bad), Err(ConvertError::InvalidIp { .. })),
             "{bad}"
@@ -103,10 +126,26 @@ fn ip_families() {
 
 #[test]
 fn special_ips() {
-    for bad in ["0.0.0.0", "127.0.0.1", "169.254.1.1", "224.0.0.5", "::", "::1", "fe80::1", "ff02::1", "::ffff:127.0.0.1"] {
+    for bad in [
+        "0.0.0.0",
+        "127.0.0.1",
+        "169.254.1.1",
+        "224.0.0.5",
+        "::",
+        "::1",
+        "fe80::1",
+        "ff02::1",
+        "::ffff:127.0.0.1",
+    ] {
         assert!(validate::non_special("f", bad, ip(bad)).is_err(), "{bad}");
     }
-    for good in ["10.0.0.1", "192.0.2.1", "224.0.1.1", "fd00::1", "2001:db8::1"] {
+    for good in [
+        "10.0.0.1",
+        "192.0.2.1",
+        "224.0.1.1",
+        "fd00::1",
+        "2001:db8::1",
+    ] {
         assert!(validate::non_special("f", good, ip(good)).is_ok(), "{good}");
     }
 }
@@ -120,14 +159,29 @@ fn cidrs() {
     assert_eq!(validate::cidr("f", "10.1.2.3/32"), p("10.1.2.3", 32));
     assert_eq!(validate::cidr("f", "fd00::1/64"), p("fd00::", 64));
     assert_eq!(validate::cidr("f", "::/0"), p("::", 0));
-    for bad in ["10.0.0.0", "10.0.0.0/33", "fd00::/129", "10.0.0.0/", "10.0.0.0/08", "10.0.0.0/+8", "x/8", "/8"] {
+    for bad in [
+        "10.0.0.0",
+        "10.0.0.0/33",
+        "fd00::/129",
+        "10.0.0.0/",
+        "10.0.0.0/08",
+        "10.0.0.0/+8",
+        "x/8",
+        "/8",
+    ] {
         assert!(
-            matches!(validate::cidr("f", bad), Err(ConvertError::InvalidCidr { .. })),
+            matches!(
+                validate::cidr("f", bad),
+                Err(ConvertError::InvalidCidr { .. })
+            ),
             "{bad}"
         );
     }
     let e = validate::cidr("f", "010.0.0.0/8").map_err(|e| e.to_string());
-    assert_eq!(e, Err("f: \"010.0.0.0/8\" has a leading zero (CVE-2021-29923)".into()));
+    assert_eq!(
+        e,
+        Err("f: \"010.0.0.0/8\" has a leading zero (CVE-2021-29923)".into())
+    );
 }
 
 #[test]

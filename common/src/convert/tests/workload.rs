@@ -25,7 +25,9 @@ fn node(yaml: &str) -> Arc<Node> {
 }
 
 fn pod_doc(body: &str) -> String {
-    format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: web-0\n  namespace: shop\n  labels: {{app: web, tier: front}}\n{body}")
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web-0\n  namespace: shop\n  labels: {{app: web, tier: front}}\n{body}"
+    )
 }
 
 #[test]
@@ -48,7 +50,9 @@ fn pods() {
 #[test]
 fn bad_pods() {
     assert_eq!(
-        error(&pod_doc("status: {podIP: 10.0.0.1, podIPs: [{ip: 10.0.0.2}]}\n")),
+        error(&pod_doc(
+            "status: {podIP: 10.0.0.1, podIPs: [{ip: 10.0.0.2}]}\n"
+        )),
         "status.podIPs[0].ip: \"10.0.0.2\" must equal status.podIP \"10.0.0.1\""
     );
     assert_eq!(
@@ -56,7 +60,9 @@ fn bad_pods() {
         "status.podIP: \"10.0.0.01\" has a leading zero (CVE-2021-29923)"
     );
     assert_eq!(
-        error(&pod_doc("status: {podIPs: [{ip: 10.0.0.1}, {ip: 10.0.0.2}]}\n")),
+        error(&pod_doc(
+            "status: {podIPs: [{ip: 10.0.0.1}, {ip: 10.0.0.2}]}\n"
+        )),
         "status.podIPs[1]: must be of a different IP family than the first entry"
     );
     assert!(
@@ -68,7 +74,9 @@ fn bad_pods() {
 }
 
 fn node_doc(body: &str) -> String {
-    format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: node-1\n  labels:\n    topology.kubernetes.io/zone: zone-a\n{body}")
+    format!(
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: node-1\n  labels:\n    topology.kubernetes.io/zone: zone-a\n{body}"
+    )
 }
 
 #[test]
@@ -78,28 +86,38 @@ fn nodes() {
     ));
     assert_eq!(&*n.name, "node-1");
     assert_eq!(n.zone.as_deref(), Some("zone-a"));
-    assert_eq!(n.addresses, [ip("192.168.0.7"), ip("fd00::7"), ip("203.0.113.7")]);
+    assert_eq!(
+        n.addresses,
+        [ip("192.168.0.7"), ip("fd00::7"), ip("203.0.113.7")]
+    );
     let p = |a: &str, len| IpPrefix { addr: ip(a), len };
     assert_eq!(n.pod_cidrs, [p("10.244.1.0", 24), p("fd00:1::", 64)]);
     let single = node(&node_doc("spec: {podCIDR: 10.244.2.0/24}\n"));
     assert_eq!(single.pod_cidrs, [p("10.244.2.0", 24)]);
-    let bare = node("apiVersion: v1\nkind: Node\nmetadata: {name: n.example.com, namespace: ignored}\n");
+    let bare =
+        node("apiVersion: v1\nkind: Node\nmetadata: {name: n.example.com, namespace: ignored}\n");
     assert!(bare.addresses.is_empty() && bare.zone.is_none() && bare.pod_cidrs.is_empty());
 }
 
 #[test]
 fn bad_nodes() {
     assert_eq!(
-        error(&node_doc("status:\n  addresses: [{type: InternalIP, address: 192.168.0.300}]\n")),
+        error(&node_doc(
+            "status:\n  addresses: [{type: InternalIP, address: 192.168.0.300}]\n"
+        )),
         "status.addresses[0].address: \"192.168.0.300\" is not a valid IP address"
     );
     assert_eq!(
-        error(&node_doc("spec: {podCIDR: 10.244.1.0/24, podCIDRs: [10.244.2.0/24]}\n")),
+        error(&node_doc(
+            "spec: {podCIDR: 10.244.1.0/24, podCIDRs: [10.244.2.0/24]}\n"
+        )),
         "spec.podCIDRs[0]: \"10.244.2.0/24\" must equal spec.podCIDR \"10.244.1.0/24\""
     );
     assert!(
-        error(&node_doc("spec: {podCIDRs: [10.244.1.0/24, 10.245.0.0/16]}\n"))
-            .starts_with("spec.podCIDRs[1]: must be of a different IP family")
+        error(&node_doc(
+            "spec: {podCIDRs: [10.244.1.0/24, 10.245.0.0/16]}\n"
+        ))
+        .starts_with("spec.podCIDRs[1]: must be of a different IP family")
     );
     assert!(
         error(&node_doc("spec: {podCIDR: 10.244.1.0/40}\n"))

@@ -233,7 +233,11 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Sends `events` in order; `false` once the receiver is gone or shutdown is requested.
-async fn send_all(tx: &EventSender, shutdown: &CancellationToken, events: Vec<SourceEvent>) -> bool {
+async fn send_all(
+    tx: &EventSender,
+    shutdown: &CancellationToken,
+    events: Vec<SourceEvent>,
+) -> bool {
     for event in events {
         tokio::select! {
             sent = tx.send(event) => if sent.is_err() { return false },

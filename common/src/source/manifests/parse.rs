@@ -60,7 +60,8 @@ pub(super) fn parse_file(path: &Path, text: &str) -> Result<Parsed, ProblemError
 }
 
 fn is_json(path: &Path) -> bool {
-    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"))
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"))
 }
 
 fn yaml_documents(text: &str) -> Result<Vec<Document>, ProblemError> {
@@ -76,7 +77,11 @@ fn yaml_documents(text: &str) -> Result<Vec<Document>, ProblemError> {
             let index = if line == 0 {
                 ordinal + 1
             } else {
-                starts.iter().filter(|s| **s <= line).count().max(ordinal + 1)
+                starts
+                    .iter()
+                    .filter(|s| **s <= line)
+                    .count()
+                    .max(ordinal + 1)
             };
             Document {
                 index,
@@ -116,9 +121,9 @@ fn json_documents(text: &str) -> Result<Vec<Document>, ProblemError> {
         if value.is_null() {
             continue;
         }
-        let skipped = text.get(start..).map_or(0, |rest| {
-            rest.len() - rest.trim_start().len()
-        });
+        let skipped = text
+            .get(start..)
+            .map_or(0, |rest| rest.len() - rest.trim_start().len());
         let line = text
             .get(..start + skipped)
             .map(|head| head.bytes().filter(|b| *b == b'\n').count() as u64 + 1);
@@ -147,7 +152,8 @@ fn fill_type(mut item: Value, api_version: Option<&str>, kind: &str) -> Value {
         && !kind.is_empty()
     {
         if let Some(api_version) = api_version {
-            map.entry("apiVersion").or_insert_with(|| api_version.into());
+            map.entry("apiVersion")
+                .or_insert_with(|| api_version.into());
         }
         map.entry("kind").or_insert_with(|| kind.into());
     }

@@ -43,7 +43,9 @@ pub(super) fn scan(roots: &[PathBuf]) -> BTreeMap<PathBuf, Stamp> {
                 found.insert(root.clone(), Stamp::of(&meta));
             }
             Ok(_) => {}
-            Err(e) => tracing::debug!(path = %root.display(), error = %e, "manifest path unavailable"),
+            Err(e) => {
+                tracing::debug!(path = %root.display(), error = %e, "manifest path unavailable")
+            }
         }
     }
     found

@@ -97,7 +97,8 @@ impl State {
                 self.pending.insert(path, now);
             }
         }
-        self.pending.retain(|p, _| seen.contains_key(p) || self.files.contains_key(p));
+        self.pending
+            .retain(|p, _| seen.contains_key(p) || self.files.contains_key(p));
         if !changed {
             return Vec::new();
         }
@@ -172,7 +173,9 @@ impl State {
     fn update_gauge(&self) {
         let current = self.files.values().map(|f| f.problems.len()).sum::<usize>();
         let current = u64::try_from(current).unwrap_or(u64::MAX);
-        self.stats.problems_current.store(current, Ordering::Relaxed);
+        self.stats
+            .problems_current
+            .store(current, Ordering::Relaxed);
     }
 
     /// Merges every file's objects: later files (in path order) override earlier ones.

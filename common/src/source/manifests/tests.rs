@@ -58,10 +58,8 @@ fn multi_document_yaml_json_and_lists() {
 {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}
 {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "other"}}"#;
     write(dir.path(), "b.json", json);
-    let list = format!(
-        "apiVersion: v1\nkind: List\nitems:\n- {{apiVersion: v1, kind: Pod, metadata: {{name: p1, namespace: shop}}}}\n- {{apiVersion: v1, kind: Secret, metadata: {{name: s}}}}\n---\napiVersion: v1\nkind: ServiceList\nitems:\n- metadata: {{name: db, namespace: shop}}\n  spec: {{ports: [{{port: 5432}}]}}\n"
-    );
-    write(dir.path(), "c.yml", &list);
+    let list = "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Pod, metadata: {name: p1, namespace: shop}}\n- {apiVersion: v1, kind: Secret, metadata: {name: s}}\n---\napiVersion: v1\nkind: ServiceList\nitems:\n- metadata: {name: db, namespace: shop}\n  spec: {ports: [{port: 5432}]}\n";
+    write(dir.path(), "c.yml", list);
     let loaded = load_dir(dir.path());
     assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
     assert_eq!(
@@ -92,7 +90,11 @@ fn bad_document_is_reported_and_skipped() {
     let [problem] = &loaded.problems[..] else {
         panic!("one problem expected: {:?}", loaded.problems);
     };
-    assert_eq!(problem.document, Some(3), "documents are 1-based and count empty ones");
+    assert_eq!(
+        problem.document,
+        Some(3),
+        "documents are 1-based and count empty ones"
+    );
     assert_eq!(problem.line, Some(12));
     let message = problem.to_string();
     assert_eq!(
@@ -115,7 +117,8 @@ fn bad_list_item_and_bad_json_document() {
     assert_eq!(refs(&loaded), ["Node n1", "Namespace ok"]);
     let messages: Vec<String> = loaded.problems.iter().map(ToString::to_string).collect();
     assert!(
-        messages[0].contains("list.yaml: document 1 (line 1), items[1]: Namespace Not_OK: metadata.name"),
+        messages[0]
+            .contains("list.yaml: document 1 (line 1), items[1]: Namespace Not_OK: metadata.name"),
         "{messages:?}"
     );
     assert!(
@@ -128,13 +131,20 @@ fn bad_list_item_and_bad_json_document() {
 fn syntax_error_is_a_whole_file_problem() {
     let dir = tempfile::tempdir().expect("tempdir");
     write(dir.path(), "ok.yaml", &service_yaml("web", 80));
-    write(dir.path(), "broken.yaml", "apiVersion: v1\nkind: [Service\n");
+    write(
+        dir.path(),
+        "broken.yaml",
+        "apiVersion: v1\nkind: [Service\n",
+    );
     write(dir.path(), "broken.json", "{\"apiVersion\": ");
     let loaded = load_dir(dir.path());
     assert_eq!(refs(&loaded), ["Service shop/web"]);
     assert_eq!(loaded.problems.len(), 2);
     for problem in &loaded.problems {
-        assert!(matches!(problem.error, ProblemError::Syntax(_)), "{problem}");
+        assert!(
+            matches!(problem.error, ProblemError::Syntax(_)),
+            "{problem}"
+        );
         assert_eq!(problem.document, None);
     }
 }
@@ -143,7 +153,11 @@ fn syntax_error_is_a_whole_file_problem() {
 fn directory_walk_selects_manifests() {
     let dir = tempfile::tempdir().expect("tempdir");
     write(dir.path(), "top.yaml", &service_yaml("top", 80));
-    write(dir.path(), "sub/deeper/nested.YML", &service_yaml("nested", 80));
+    write(
+        dir.path(),
+        "sub/deeper/nested.YML",
+        &service_yaml("nested", 80),
+    );
     write(dir.path(), "sub/.hidden.yaml", &service_yaml("hidden", 80));
     write(dir.path(), ".git/x.yaml", &service_yaml("git", 80));
     write(dir.path(), "sub/top.yaml~", &service_yaml("backup", 80));
@@ -153,7 +167,11 @@ fn directory_walk_selects_manifests() {
     let loaded = load_dir(dir.path());
     assert_eq!(refs(&loaded), ["Service shop/nested", "Service shop/top"]);
     let explicit = load(&[dir.path().join("notes.txt")]).expect("load file");
-    assert_eq!(refs(&explicit), ["Service shop/notes"], "an explicit file loads whatever its name");
+    assert_eq!(
+        refs(&explicit),
+        ["Service shop/notes"],
+        "an explicit file loads whatever its name"
+    );
 }
 
 #[test]
@@ -161,7 +179,15 @@ fn later_file_wins() {
     let dir = tempfile::tempdir().expect("tempdir");
     write(dir.path(), "a.yaml", &service_yaml("web", 80));
     write(dir.path(), "b/x.yaml", &service_yaml("web", 81));
-    write(dir.path(), "c.yaml", &format!("{}---\n{}", service_yaml("web", 82), service_yaml("web", 83)));
+    write(
+        dir.path(),
+        "c.yaml",
+        &format!(
+            "{}---\n{}",
+            service_yaml("web", 82),
+            service_yaml("web", 83)
+        ),
+    );
     let loaded = load_dir(dir.path());
     assert_eq!(service_port(&loaded, "web"), Some(83));
     fs::remove_file(dir.path().join("c.yaml")).expect("rm");
@@ -174,7 +200,10 @@ fn missing_path_is_an_error() {
     let missing = dir.path().join("nope");
     match load(&[dir.path().to_path_buf(), missing.clone()]) {
         Err(e @ ManifestError::Path { .. }) => {
-            assert!(e.to_string().contains(&missing.display().to_string()), "{e}");
+            assert!(
+                e.to_string().contains(&missing.display().to_string()),
+                "{e}"
+            );
         }
         other => panic!("expected a path error, got {other:?}"),
     }
@@ -206,12 +235,24 @@ fn myapp_prod_example() {
     assert!(postgres.headless && postgres.cluster_ips.is_empty());
     assert_eq!(postgres.ports[0].port, 5432);
     assert_eq!(redis.key.to_string(), "myapp-prod/redis-service");
-    assert_eq!(redis.cluster_ips, ["10.96.1.100".parse::<std::net::IpAddr>().expect("ip")]);
-    assert_eq!((redis.ports[0].port, &redis.ports[0].target_port), (6379, &TargetPort::Number(6379)));
+    assert_eq!(
+        redis.cluster_ips,
+        ["10.96.1.100".parse::<std::net::IpAddr>().expect("ip")]
+    );
+    assert_eq!(
+        (redis.ports[0].port, &redis.ports[0].target_port),
+        (6379, &TargetPort::Number(6379))
+    );
     assert_eq!(web.key.to_string(), "myapp-prod/web-app-service");
     assert_eq!(web.service_type, ServiceType::ClusterIp);
-    assert_eq!(web.cluster_ips, ["10.96.1.200".parse::<std::net::IpAddr>().expect("ip")]);
-    assert_eq!((web.ports[0].port, &web.ports[0].target_port), (80, &TargetPort::Number(8080)));
+    assert_eq!(
+        web.cluster_ips,
+        ["10.96.1.200".parse::<std::net::IpAddr>().expect("ip")]
+    );
+    assert_eq!(
+        (web.ports[0].port, &web.ports[0].target_port),
+        (80, &TargetPort::Number(8080))
+    );
     check_example_slices(&loaded);
 }
 
@@ -242,8 +283,16 @@ fn check_example_slices(loaded: &Loaded) {
     assert_eq!(web.ports[0].port, 8080);
     let ips: Vec<String> = web.endpoints.iter().map(|e| e.ip.to_string()).collect();
     assert_eq!(ips, ["10.244.1.31", "10.244.2.32", "10.244.3.33"]);
-    assert!(web.endpoints.iter().all(|e| e.ready && e.serving && !e.terminating));
-    assert!(web.endpoints.iter().all(|e| e.node_name.is_some() && e.pod_name.is_some()));
+    assert!(
+        web.endpoints
+            .iter()
+            .all(|e| e.ready && e.serving && !e.terminating)
+    );
+    assert!(
+        web.endpoints
+            .iter()
+            .all(|e| e.node_name.is_some() && e.pod_name.is_some())
+    );
     let pod_ips: Vec<String> = loaded
         .objects
         .iter()
@@ -254,7 +303,11 @@ fn check_example_slices(loaded: &Loaded) {
         .collect();
     assert_eq!(pod_ips.len(), 5);
     for endpoint in slices.iter().flat_map(|s| s.endpoints.iter()) {
-        assert!(pod_ips.contains(&endpoint.ip.to_string()), "{} has a Pod", endpoint.ip);
+        assert!(
+            pod_ips.contains(&endpoint.ip.to_string()),
+            "{} has a Pod",
+            endpoint.ip
+        );
     }
 }
 
@@ -265,18 +318,32 @@ fn polls_settle_and_keep_unnamed_bad_documents_by_position() {
     use std::sync::atomic::Ordering;
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let two = format!("{}---\n{}", service_yaml("web", 80), service_yaml("db", 5432));
+    let two = format!(
+        "{}---\n{}",
+        service_yaml("web", 80),
+        service_yaml("db", 5432)
+    );
     let file = write(dir.path(), "a.yaml", &two);
     let stats = Arc::new(super::ManifestStats::default());
     let mut state = State::load(vec![dir.path().into()], stats.clone());
     assert!(state.poll().is_empty(), "nothing changed");
     // The first document loses its name: it cannot be matched by name, so by position.
-    let unnamed = "apiVersion: v1\nkind: Service\nmetadata: {namespace: shop}\nspec: {ports: [{port: 1}]}\n";
+    let unnamed =
+        "apiVersion: v1\nkind: Service\nmetadata: {namespace: shop}\nspec: {ports: [{port: 1}]}\n";
     fs::write(&file, format!("{unnamed}---\n{}", service_yaml("db", 5432))).expect("edit");
-    assert!(state.poll().is_empty(), "a change is applied once two polls agree");
-    assert!(state.poll().is_empty(), "the unnamed bad document keeps web");
+    assert!(
+        state.poll().is_empty(),
+        "a change is applied once two polls agree"
+    );
+    assert!(
+        state.poll().is_empty(),
+        "the unnamed bad document keeps web"
+    );
     assert_eq!(stats.problems_current.load(Ordering::Relaxed), 1);
-    assert_eq!(state.problems()[0].object.as_deref(), Some("Service (unnamed)"));
+    assert_eq!(
+        state.problems()[0].object.as_deref(),
+        Some("Service (unnamed)")
+    );
     fs::write(&file, service_yaml("db", 5432)).expect("edit");
     state.poll();
     let events = state.poll();

@@ -45,7 +45,10 @@ impl Running {
     }
 
     async fn next(&mut self, within: Duration) -> Option<SourceEvent> {
-        tokio::time::timeout(within, self.rx.recv()).await.ok().flatten()
+        tokio::time::timeout(within, self.rx.recv())
+            .await
+            .ok()
+            .flatten()
     }
 
     /// The next event, which must come within [`WITHIN`] of `since`.
@@ -110,29 +113,69 @@ async fn missing_path_fails_before_sending() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut running = Running::start(vec![dir.path().join("absent.yaml")]);
     let result = (&mut running.task).await.expect("task joins");
-    assert!(matches!(result, Err(ManifestError::Path { .. })), "{result:?}");
+    assert!(
+        matches!(result, Err(ManifestError::Path { .. })),
+        "{result:?}"
+    );
     assert!(running.rx.recv().await.is_none(), "nothing was sent");
 }
 
 #[tokio::test]
 async fn edit_applies_only_what_changed() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let file = write(dir.path(), "a.yaml", &format!("{}---\n{}", service_yaml("web", 80), service_yaml("db", 5432)));
+    let file = write(
+        dir.path(),
+        "a.yaml",
+        &format!(
+            "{}---\n{}",
+            service_yaml("web", 80),
+            service_yaml("db", 5432)
+        ),
+    );
     let (mut running, _) = Running::synced(vec![dir.path().into()]).await;
     let since = Instant::now();
-    fs::write(&file, format!("{}---\n{}", service_yaml("web", 8080), service_yaml("db", 5432))).expect("edit");
-    assert_eq!(applied_port(&running.change(since).await), ("web".into(), 8080));
+    fs::write(
+        &file,
+        format!(
+            "{}---\n{}",
+            service_yaml("web", 8080),
+            service_yaml("db", 5432)
+        ),
+    )
+    .expect("edit");
+    assert_eq!(
+        applied_port(&running.change(since).await),
+        ("web".into(), 8080)
+    );
     running.quiet().await;
     let since = Instant::now();
-    save_by_rename(&file, &format!("{}---\n{}", service_yaml("web", 8080), service_yaml("db", 5433)));
-    assert_eq!(applied_port(&running.change(since).await), ("db".into(), 5433));
+    save_by_rename(
+        &file,
+        &format!(
+            "{}---\n{}",
+            service_yaml("web", 8080),
+            service_yaml("db", 5433)
+        ),
+    );
+    assert_eq!(
+        applied_port(&running.change(since).await),
+        ("db".into(), 5433)
+    );
     running.stop().await;
 }
 
 #[tokio::test]
 async fn removed_document_and_file_are_deleted() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let a = write(dir.path(), "a.yaml", &format!("{}---\n{}", service_yaml("web", 80), service_yaml("db", 5432)));
+    let a = write(
+        dir.path(),
+        "a.yaml",
+        &format!(
+            "{}---\n{}",
+            service_yaml("web", 80),
+            service_yaml("db", 5432)
+        ),
+    );
     let b = write(dir.path(), "b.yaml", &service_yaml("cache", 6379));
     let (mut running, _) = Running::synced(vec![dir.path().into()]).await;
     let since = Instant::now();
@@ -148,19 +191,49 @@ async fn removed_document_and_file_are_deleted() {
 #[tokio::test]
 async fn invalid_edit_keeps_the_last_good_version() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let file = write(dir.path(), "a.yaml", &format!("{}---\n{}", service_yaml("web", 80), service_yaml("db", 5432)));
+    let file = write(
+        dir.path(),
+        "a.yaml",
+        &format!(
+            "{}---\n{}",
+            service_yaml("web", 80),
+            service_yaml("db", 5432)
+        ),
+    );
     let (mut running, _) = Running::synced(vec![dir.path().into()]).await;
     // One bad document: the other still applies, the bad one's object stays as it was.
-    fs::write(&file, format!("{}---\n{}", service_yaml("web", 70000), service_yaml("db", 5433))).expect("edit");
+    fs::write(
+        &file,
+        format!(
+            "{}---\n{}",
+            service_yaml("web", 70000),
+            service_yaml("db", 5433)
+        ),
+    )
+    .expect("edit");
     let since = Instant::now();
-    assert_eq!(applied_port(&running.change(since).await), ("db".into(), 5433));
+    assert_eq!(
+        applied_port(&running.change(since).await),
+        ("db".into(), 5433)
+    );
     running.quiet().await;
     // A file that is not YAML at all keeps everything.
     fs::write(&file, "apiVersion: v1\nkind: [Service\n").expect("break");
     running.quiet().await;
     let since = Instant::now();
-    fs::write(&file, format!("{}---\n{}", service_yaml("web", 81), service_yaml("db", 5433))).expect("fix");
-    assert_eq!(applied_port(&running.change(since).await), ("web".into(), 81));
+    fs::write(
+        &file,
+        format!(
+            "{}---\n{}",
+            service_yaml("web", 81),
+            service_yaml("db", 5433)
+        ),
+    )
+    .expect("fix");
+    assert_eq!(
+        applied_port(&running.change(since).await),
+        ("web".into(), 81)
+    );
     running.quiet().await;
     running.stop().await;
 }
@@ -171,8 +244,15 @@ async fn new_files_and_directories_are_picked_up() {
     let (mut running, replaced) = Running::synced(vec![dir.path().into()]).await;
     assert!(replaced.iter().all(|(_, objects)| objects.is_empty()));
     let since = Instant::now();
-    write(dir.path(), "later/deeper/new.yaml", &service_yaml("new", 80));
-    assert_eq!(applied_port(&running.change(since).await), ("new".into(), 80));
+    write(
+        dir.path(),
+        "later/deeper/new.yaml",
+        &service_yaml("new", 80),
+    );
+    assert_eq!(
+        applied_port(&running.change(since).await),
+        ("new".into(), 80)
+    );
     running.stop().await;
 }
 
@@ -187,6 +267,9 @@ async fn deleting_the_winning_file_exposes_the_other_definition() {
     assert!(matches!(&services.1[..], [Object::Service(s)] if s.ports[0].port == 81));
     let since = Instant::now();
     fs::remove_file(&b).expect("rm");
-    assert_eq!(applied_port(&running.change(since).await), ("web".into(), 80));
+    assert_eq!(
+        applied_port(&running.change(since).await),
+        ("web".into(), 80)
+    );
     running.stop().await;
 }
