@@ -267,3 +267,7 @@ impl Store {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "store_tests.rs"]
+mod tests;
