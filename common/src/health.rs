@@ -67,7 +67,11 @@ impl Health {
 
     /// Runs `f` with the registry (to register more metrics after construction).
     pub fn with_registry<T>(&self, f: impl FnOnce(&mut Registry) -> T) -> T {
-        let mut registry = self.inner.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let mut registry = self
+            .inner
+            .registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         f(&mut registry)
     }
 

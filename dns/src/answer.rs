@@ -224,7 +224,14 @@ fn reverse(view: &View, cfg: &ResolveConfig, q: Question<'_>) -> Outcome {
             b.add(Owner::Question, RData::Ptr(name.clone()));
         }
     }
-    Outcome::Answer(b.finish())
+    // RFC 2308 §3: the SOA of a negative answer is that of the zone holding the name (CoreDNS
+    // serves `in-addr.arpa`/`ip6.arpa` as zones of their own), not the cluster zone's apex.
+    let mut answer = b.finish();
+    let apex = Name::from_wire_lower(q.name.suffix(q.name.label_count() - 2));
+    for rr in &mut answer.authority {
+        rr.owner = Owner::Name(apex.clone());
+    }
+    Outcome::Answer(answer)
 }
 
 /// Accumulates an authoritative answer.
@@ -355,7 +362,8 @@ impl<'a> Builder<'a> {
 
     /// Names under `svc.<zone>`.
     fn svc(&mut self, q: &QName, depth: usize, hops: u8) {
-        let label = |i: usize| std::str::from_utf8(q.rlabel(depth_index(q, depth, i))).unwrap_or("");
+        let label =
+            |i: usize| std::str::from_utf8(q.rlabel(depth_index(q, depth, i))).unwrap_or("");
         match depth {
             // `svc.<zone>`: an empty non-terminal (RFC 8020 makes it NODATA, not NXDOMAIN).
             1 => {}
@@ -453,7 +461,10 @@ impl<'a> Builder<'a> {
         };
         let exists = s.external.is_none()
             && !port.is_empty()
-            && s.service.ports.iter().any(|p| *p.name == *port && p.protocol == protocol);
+            && s.service
+                .ports
+                .iter()
+                .any(|p| *p.name == *port && p.protocol == protocol);
         if !exists || (s.service.headless && s.usable.is_empty()) {
             return self.nxdomain();
         }
@@ -527,8 +538,8 @@ impl<'a> Builder<'a> {
             self.negative_tail = true;
             return;
         }
-        self.negative_tail = inner.negative_tail
-            || (inner.answer.answer.is_empty() && inner.answer.chase.is_none());
+        self.negative_tail =
+            inner.negative_tail || (inner.answer.answer.is_empty() && inner.answer.chase.is_none());
         let owner = Name::from_wire_lower(target.wire());
         for mut rr in inner.answer.answer {
             if rr.owner == Owner::Question {
@@ -586,7 +597,8 @@ fn endpoint_port(e: &MergedEndpoint, name: &str, protocol: Protocol, bare: bool)
 }
 
 fn ns_name(cfg: &ResolveConfig) -> Name {
-    Name::from_dotted(&format!("ns.dns.{}", cfg.zone.to_dotted())).unwrap_or_else(|_| cfg.zone.clone())
+    Name::from_dotted(&format!("ns.dns.{}", cfg.zone.to_dotted()))
+        .unwrap_or_else(|_| cfg.zone.clone())
 }
 
 fn dns_service_ips(view: &View) -> Vec<IpAddr> {
@@ -598,7 +610,10 @@ fn dns_service_ips(view: &View) -> Vec<IpAddr> {
 /// The zone's SOA, as CoreDNS builds it: `ns.dns.<zone> hostmaster.<zone>`, the view's
 /// generation as serial, MINIMUM equal to the record TTL.
 fn soa(cfg: &ResolveConfig, view: &View) -> RData {
-    let rname = cfg.zone.child(b"hostmaster").unwrap_or_else(|_| cfg.zone.clone());
+    let rname = cfg
+        .zone
+        .child(b"hostmaster")
+        .unwrap_or_else(|_| cfg.zone.clone());
     RData::Soa(Box::new(Soa {
         mname: ns_name(cfg),
         rname,

@@ -95,15 +95,30 @@ fn fixture(pods: PodsMode) -> Fixture {
     let mut notready = service("prod", "notready", &[], vec![port("pg", 5432)]);
     notready.publish_not_ready_addresses = false;
     let services = vec![
-        service("prod", "web", &["10.96.0.10", "fd00::10"], vec![port("http", 80), port("", 81)]),
+        service(
+            "prod",
+            "web",
+            &["10.96.0.10", "fd00::10"],
+            vec![port("http", 80), port("", 81)],
+        ),
         service("prod", "db", &[], vec![port("pg", 5432)]),
         notready,
         ext,
         alias,
-        service("kube-system", "kube-dns", &["10.96.0.53"], vec![port("dns", 53)]),
+        service(
+            "kube-system",
+            "kube-dns",
+            &["10.96.0.53"],
+            vec![port("dns", 53)],
+        ),
     ];
     let slices = vec![
-        slice("prod", "web", &[("http", 8080)], vec![endpoint("10.1.0.1", Some("web-a"), true)]),
+        slice(
+            "prod",
+            "web",
+            &[("http", 8080)],
+            vec![endpoint("10.1.0.1", Some("web-a"), true)],
+        ),
         slice(
             "prod",
             "db",
@@ -114,7 +129,12 @@ fn fixture(pods: PodsMode) -> Fixture {
                 endpoint("10.1.0.4", Some("db-2"), false),
             ],
         ),
-        slice("prod", "notready", &[("pg", 5432)], vec![endpoint("10.1.0.9", None, false)]),
+        slice(
+            "prod",
+            "notready",
+            &[("pg", 5432)],
+            vec![endpoint("10.1.0.9", None, false)],
+        ),
     ];
     let pod = Pod {
         key: ObjectKey::new("prod", "p"),
@@ -124,8 +144,20 @@ fn fixture(pods: PodsMode) -> Fixture {
         host_network: false,
     };
     let events = [
-        (Kind::Service, services.into_iter().map(|s| Object::Service(Arc::new(s))).collect::<Vec<_>>()),
-        (Kind::EndpointSlice, slices.into_iter().map(|s| Object::EndpointSlice(Arc::new(s))).collect()),
+        (
+            Kind::Service,
+            services
+                .into_iter()
+                .map(|s| Object::Service(Arc::new(s)))
+                .collect::<Vec<_>>(),
+        ),
+        (
+            Kind::EndpointSlice,
+            slices
+                .into_iter()
+                .map(|s| Object::EndpointSlice(Arc::new(s)))
+                .collect(),
+        ),
         (Kind::Pod, vec![Object::Pod(Arc::new(pod))]),
     ];
     for (kind, objects) in events {
@@ -181,8 +213,15 @@ fn cluster_ip_a_and_aaaa() {
     let a = ask(&f, "web.prod.svc.cluster.local", TYPE_A);
     assert_eq!(data(&a), vec![RData::A("10.96.0.10".parse().expect("ip"))]);
     let aaaa = ask(&f, "web.prod.svc.cluster.local", TYPE_AAAA);
-    assert_eq!(data(&aaaa), vec![RData::Aaaa("fd00::10".parse().expect("ip"))]);
-    assert!(nodata(&ask(&f, "kube-dns.kube-system.svc.cluster.local", TYPE_AAAA)));
+    assert_eq!(
+        data(&aaaa),
+        vec![RData::Aaaa("fd00::10".parse().expect("ip"))]
+    );
+    assert!(nodata(&ask(
+        &f,
+        "kube-dns.kube-system.svc.cluster.local",
+        TYPE_AAAA
+    )));
 }
 
 #[test]
@@ -192,12 +231,25 @@ fn cluster_ip_srv_for_named_port() {
     let target = n("web.prod.svc.cluster.local");
     assert_eq!(
         data(&a),
-        vec![RData::Srv { priority: 0, weight: 100, port: 80, target: target.clone() }]
+        vec![RData::Srv {
+            priority: 0,
+            weight: 100,
+            port: 80,
+            target: target.clone()
+        }]
     );
     assert_eq!(a.additional.len(), 2, "A and AAAA of the target");
     assert!(nodata(&ask(&f, "_tcp.web.prod.svc.cluster.local", TYPE_A)));
-    assert!(nxdomain(&ask(&f, "_udp.web.prod.svc.cluster.local", TYPE_A)));
-    assert!(nxdomain(&ask(&f, "_nope._tcp.web.prod.svc.cluster.local", TYPE_SRV)));
+    assert!(nxdomain(&ask(
+        &f,
+        "_udp.web.prod.svc.cluster.local",
+        TYPE_A
+    )));
+    assert!(nxdomain(&ask(
+        &f,
+        "_nope._tcp.web.prod.svc.cluster.local",
+        TYPE_SRV
+    )));
 }
 
 #[test]
@@ -222,7 +274,11 @@ fn headless_answers_ready_endpoints_only() {
     let mut ips: Vec<String> = a.answer.iter().map(|r| format!("{:?}", r.data)).collect();
     ips.sort();
     assert_eq!(ips, vec!["A(10.1.0.2)", "A(10.1.0.3)"]);
-    assert!(nxdomain(&ask(&f, "notready.prod.svc.cluster.local", TYPE_A)));
+    assert!(nxdomain(&ask(
+        &f,
+        "notready.prod.svc.cluster.local",
+        TYPE_A
+    )));
 }
 
 #[test]
@@ -232,8 +288,14 @@ fn headless_hostnames_and_dashed_names() {
     assert_eq!(data(&a), vec![RData::A("10.1.0.2".parse().expect("ip"))]);
     let a = ask(&f, "10-1-0-3.db.prod.svc.cluster.local", TYPE_A);
     assert_eq!(data(&a), vec![RData::A("10.1.0.3".parse().expect("ip"))]);
-    assert!(nxdomain(&ask(&f, "db-2.db.prod.svc.cluster.local", TYPE_A)), "not ready");
-    assert!(nxdomain(&ask(&f, "10-1-0-2.db.prod.svc.cluster.local", TYPE_A)), "has a hostname");
+    assert!(
+        nxdomain(&ask(&f, "db-2.db.prod.svc.cluster.local", TYPE_A)),
+        "not ready"
+    );
+    assert!(
+        nxdomain(&ask(&f, "10-1-0-2.db.prod.svc.cluster.local", TYPE_A)),
+        "has a hostname"
+    );
 }
 
 #[test]
@@ -281,7 +343,14 @@ fn ptr(f: &Fixture, addr: &str) -> Outcome {
     };
     let name = n(&text);
     let q = QName::parse(name.wire()).expect("qname");
-    resolve(&f.view, &f.cfg, Question { name: &q, qtype: TYPE_PTR })
+    resolve(
+        &f.view,
+        &f.cfg,
+        Question {
+            name: &q,
+            qtype: TYPE_PTR,
+        },
+    )
 }
 
 #[test]
@@ -296,7 +365,11 @@ fn ptr_for_cluster_ips_and_endpoints() {
     expect("10.1.0.2", "db-0.db.prod.svc.cluster.local");
     expect("10.1.0.3", "10-1-0-3.db.prod.svc.cluster.local");
     expect("10.1.0.1", "web-a.web.prod.svc.cluster.local");
-    assert_eq!(ptr(&f, "192.0.2.1"), Outcome::Forward, "unknown addresses fall through");
+    assert_eq!(
+        ptr(&f, "192.0.2.1"),
+        Outcome::Forward,
+        "unknown addresses fall through"
+    );
 }
 
 #[test]
@@ -313,7 +386,10 @@ fn external_name_cname_and_chase() {
             RData::A("10.96.0.10".parse().expect("ip"))
         ]
     );
-    assert_eq!(a.answer[1].owner, Owner::Name(n("web.prod.svc.cluster.local")));
+    assert_eq!(
+        a.answer[1].owner,
+        Owner::Name(n("web.prod.svc.cluster.local"))
+    );
     assert_eq!(a.chase, None);
 }
 
@@ -324,7 +400,10 @@ fn empty_non_terminals_are_nodata() {
     assert!(nodata(&ask(&f, "prod.svc.cluster.local", TYPE_A)));
     assert!(nxdomain(&ask(&f, "nope.svc.cluster.local", TYPE_A)));
     assert!(nxdomain(&ask(&f, "nope.prod.svc.cluster.local", TYPE_A)));
-    assert!(nxdomain(&ask(&f, "*.prod.svc.cluster.local", TYPE_A)), "no wildcards");
+    assert!(
+        nxdomain(&ask(&f, "*.prod.svc.cluster.local", TYPE_A)),
+        "no wildcards"
+    );
     assert!(nxdomain(&ask(&f, "a.b.web.prod.svc.cluster.local", TYPE_A)));
     assert!(nxdomain(&ask(&f, "other.cluster.local", TYPE_A)));
 }
@@ -362,9 +441,20 @@ fn pods_modes() {
         vec![RData::A("1.2.3.4".parse().expect("ip"))]
     );
     let verified = fixture(PodsMode::Verified);
-    assert_eq!(data(&ask(&verified, name, TYPE_A)), vec![RData::A("10.1.0.2".parse().expect("ip"))]);
-    assert!(nxdomain(&ask(&verified, "1-2-3-4.prod.pod.cluster.local", TYPE_A)));
-    assert!(nxdomain(&ask(&verified, "10-1-0-2.other.pod.cluster.local", TYPE_A)));
+    assert_eq!(
+        data(&ask(&verified, name, TYPE_A)),
+        vec![RData::A("10.1.0.2".parse().expect("ip"))]
+    );
+    assert!(nxdomain(&ask(
+        &verified,
+        "1-2-3-4.prod.pod.cluster.local",
+        TYPE_A
+    )));
+    assert!(nxdomain(&ask(
+        &verified,
+        "10-1-0-2.other.pod.cluster.local",
+        TYPE_A
+    )));
 }
 
 #[test]
@@ -372,12 +462,25 @@ fn names_outside_the_zone_are_forwarded() {
     let f = fixture(PodsMode::Disabled);
     let name = n("example.org");
     let q = QName::parse(name.wire()).expect("qname");
-    assert_eq!(resolve(&f.view, &f.cfg, Question { name: &q, qtype: TYPE_A }), Outcome::Forward);
+    assert_eq!(
+        resolve(
+            &f.view,
+            &f.cfg,
+            Question {
+                name: &q,
+                qtype: TYPE_A
+            }
+        ),
+        Outcome::Forward
+    );
 }
 
 #[test]
 fn unsynced_view_is_servfail() {
     let mut f = fixture(PodsMode::Disabled);
     f.view.synced = false;
-    assert_eq!(ask(&f, "web.prod.svc.cluster.local", TYPE_A).rcode, Rcode::ServFail);
+    assert_eq!(
+        ask(&f, "web.prod.svc.cluster.local", TYPE_A).rcode,
+        Rcode::ServFail
+    );
 }

@@ -85,8 +85,13 @@ pub enum Pods {
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let n: u64 = number.parse().map_err(|_| format!("bad duration {text:?}"))?;
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("bad duration {text:?}"))?;
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" | "" => Ok(Duration::from_secs(n)),
@@ -165,8 +170,15 @@ pub async fn start(args: Args) -> Result<Running> {
         forwarder,
     });
     let serving = CancellationToken::new();
-    let (dns_addr, health_addr, metrics_addr) =
-        serve(&args, handler, metrics, &health, serving.clone()).await?;
+    let served = serve(&args, handler, metrics, &health, serving.clone()).await;
+    let (dns_addr, health_addr, metrics_addr) = match served {
+        Ok(addrs) => addrs,
+        Err(e) => {
+            serving.cancel();
+            shutdown.cancel();
+            return Err(e);
+        }
+    };
     Ok(Running {
         dns_addr,
         health_addr,
@@ -215,7 +227,10 @@ fn build_forwarder(args: &Args, registry: &mut Registry) -> Result<Option<Arc<Fo
         args.upstream.clone()
     };
     // Never forward to ourselves (a resolv.conf pointing at this server would loop).
-    let upstreams: Vec<SocketAddr> = upstreams.into_iter().filter(|u| *u != args.listen).collect();
+    let upstreams: Vec<SocketAddr> = upstreams
+        .into_iter()
+        .filter(|u| *u != args.listen)
+        .collect();
     if upstreams.is_empty() {
         return Ok(None);
     }
@@ -229,6 +244,28 @@ fn build_forwarder(args: &Args, registry: &mut Registry) -> Result<Option<Arc<Fo
     Ok(Some(Arc::new(forwarder)))
 }
 
+/// Binds UDP and TCP on one port. With port 0 the kernel picks the UDP port, which TCP may
+/// find taken: then both are bound again, a few times.
+async fn bind_dns(
+    listen: SocketAddr,
+    workers: usize,
+) -> Result<(Vec<std::net::UdpSocket>, tokio::net::TcpListener)> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let sockets = udp::bind(listen, workers)
+            .with_context(|| format!("--listen {listen}: binding UDP"))?;
+        let addr = sockets[0].local_addr()?;
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => return Ok((sockets, listener)),
+            Err(e) if listen.port() == 0 && attempt < 16 => {
+                tracing::debug!(%addr, error = %e, "TCP port taken; binding again");
+            }
+            Err(e) => return Err(e).with_context(|| format!("--listen {addr}: binding TCP")),
+        }
+    }
+}
+
 /// Binds and starts every server; returns the DNS, health and metrics addresses.
 async fn serve(
     args: &Args,
@@ -240,20 +277,27 @@ async fn serve(
     let workers = args
         .udp_workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let sockets = udp::bind(args.listen, workers)
-        .with_context(|| format!("--listen {}: binding UDP", args.listen))?;
+    let (sockets, listener) = bind_dns(args.listen, workers).await?;
     let dns_addr = sockets[0].local_addr()?;
-    // TCP on the same port as UDP, so that port 0 in tests means one port for both.
-    let listener = tokio::net::TcpListener::bind(dns_addr)
-        .await
-        .with_context(|| format!("--listen {dns_addr}: binding TCP"))?;
-    udp::spawn(sockets, handler.clone(), metrics.clone(), tokio::runtime::Handle::current(), shutdown.clone())
-        .context("starting UDP workers")?;
+    udp::spawn(
+        sockets,
+        handler.clone(),
+        metrics.clone(),
+        tokio::runtime::Handle::current(),
+        shutdown.clone(),
+    )
+    .context("starting UDP workers")?;
     let config = tcp::TcpConfig {
         idle_timeout: args.tcp_idle_timeout,
         max_connections: args.tcp_max_connections,
     };
-    tokio::spawn(tcp::serve(listener, handler, metrics, config, shutdown.clone()));
+    tokio::spawn(tcp::serve(
+        listener,
+        handler,
+        metrics,
+        config,
+        shutdown.clone(),
+    ));
     let health_addr = serve_health(health, "--health-addr", args.health_addr, &shutdown).await?;
     let metrics_addr = if args.metrics_addr == args.health_addr {
         health_addr

@@ -79,13 +79,41 @@ impl Default for DnsMetrics {
 
 impl DnsMetrics {
     pub fn register(&self, r: &mut Registry) {
-        r.register("coredns_dns_requests", "Counter of DNS requests made per zone, protocol and family", self.requests.clone());
-        r.register("coredns_dns_responses", "Counter of response status codes", self.responses.clone());
-        r.register("coredns_dns_request_duration_seconds", "Histogram of the time (in seconds) each request took", self.duration.clone());
-        r.register("svcplane_dns_programming_duration_seconds", "Time from a catalog change to the answers reflecting it", self.programming.clone());
-        r.register("svcplane_dns_catalog_stale_seconds", "Seconds answers have come from the last known state while the source is disconnected", self.stale_seconds.clone());
-        r.register("svcplane_dns_catalog_generation", "Catalog generation the answers reflect", self.generation.clone());
-        r.register("svcplane_dns_dropped_queries", "Packets dropped without an answer (responses, runts)", self.dropped.clone());
+        r.register(
+            "coredns_dns_requests",
+            "Counter of DNS requests made per zone, protocol and family",
+            self.requests.clone(),
+        );
+        r.register(
+            "coredns_dns_responses",
+            "Counter of response status codes",
+            self.responses.clone(),
+        );
+        r.register(
+            "coredns_dns_request_duration_seconds",
+            "Histogram of the time (in seconds) each request took",
+            self.duration.clone(),
+        );
+        r.register(
+            "svcplane_dns_programming_duration_seconds",
+            "Time from a catalog change to the answers reflecting it",
+            self.programming.clone(),
+        );
+        r.register(
+            "svcplane_dns_catalog_stale_seconds",
+            "Seconds answers have come from the last known state while the source is disconnected",
+            self.stale_seconds.clone(),
+        );
+        r.register(
+            "svcplane_dns_catalog_generation",
+            "Catalog generation the answers reflect",
+            self.generation.clone(),
+        );
+        r.register(
+            "svcplane_dns_dropped_queries",
+            "Packets dropped without an answer (responses, runts)",
+            self.dropped.clone(),
+        );
     }
 }
 
@@ -134,16 +162,40 @@ impl WorkerMetrics {
         let ty = type_label(qtype);
         let (shared, proto) = (&self.shared, self.proto);
         cached(&mut self.requests, (family, ty), || {
-            shared.requests.get_or_create(&RequestLabels { server: SERVER, zone: ".", proto, family, r#type: ty }).clone()
+            shared
+                .requests
+                .get_or_create(&RequestLabels {
+                    server: SERVER,
+                    zone: ".",
+                    proto,
+                    family,
+                    r#type: ty,
+                })
+                .clone()
         })
         .inc();
         let rc = rcode.as_str();
         cached(&mut self.responses, rc, || {
-            shared.responses.get_or_create(&ResponseLabels { server: SERVER, zone: ".", rcode: rc, plugin: "" }).clone()
+            shared
+                .responses
+                .get_or_create(&ResponseLabels {
+                    server: SERVER,
+                    zone: ".",
+                    rcode: rc,
+                    plugin: "",
+                })
+                .clone()
         })
         .inc();
         cached(&mut self.durations, ty, || {
-            shared.duration.get_or_create(&DurationLabels { server: SERVER, zone: ".", r#type: ty }).clone()
+            shared
+                .duration
+                .get_or_create(&DurationLabels {
+                    server: SERVER,
+                    zone: ".",
+                    r#type: ty,
+                })
+                .clone()
         })
         .observe(took.as_secs_f64());
     }
@@ -157,7 +209,7 @@ impl WorkerMetrics {
     }
 }
 
-fn cached<'a, K: PartialEq + Copy, V>(list: &'a mut Vec<(K, V)>, key: K, make: impl FnOnce() -> V) -> &'a V {
+fn cached<K: PartialEq + Copy, V>(list: &mut Vec<(K, V)>, key: K, make: impl FnOnce() -> V) -> &V {
     let index = match list.iter().position(|(k, _)| *k == key) {
         Some(i) => i,
         None => {

@@ -39,7 +39,8 @@ impl Name {
         let mut wire = Vec::with_capacity(trimmed.len() + 2);
         if !trimmed.is_empty() {
             for label in trimmed.split('.') {
-                push_label(&mut wire, label.as_bytes()).map_err(|_| NameError::Label(text.into()))?;
+                push_label(&mut wire, label.as_bytes())
+                    .map_err(|_| NameError::Label(text.into()))?;
             }
         }
         wire.push(0);
@@ -175,8 +176,12 @@ impl QName {
         }
         let offset = self.len - z.len();
         let aligned = offset == 0 || self.starts[..self.count].contains(&(offset as u8));
-        (aligned && &self.wire[offset..self.len] == z)
-            .then(|| self.starts[..self.count].iter().filter(|s| (**s as usize) < offset).count())
+        (aligned && &self.wire[offset..self.len] == z).then(|| {
+            self.starts[..self.count]
+                .iter()
+                .filter(|s| (**s as usize) < offset)
+                .count()
+        })
     }
 
     /// The name made of labels `i..` (from the left), as wire bytes.
@@ -203,7 +208,10 @@ pub fn parse_dashed(label: &[u8]) -> Option<IpAddr> {
     if let Ok(v4) = dots.parse::<Ipv4Addr>() {
         return Some(IpAddr::V4(v4));
     }
-    text.replace('-', ":").parse::<Ipv6Addr>().ok().map(IpAddr::V6)
+    text.replace('-', ":")
+        .parse::<Ipv6Addr>()
+        .ok()
+        .map(IpAddr::V6)
 }
 
 /// Parses a full reverse name (`4.3.2.1.in-addr.arpa`, 32 nibbles `.ip6.arpa`).
@@ -268,7 +276,10 @@ mod tests {
         assert!(QName::parse(b"\x40aaaa").is_none());
         assert!(QName::parse(b"\xc0\x0c").is_none());
         assert!(QName::parse(&[]).is_none());
-        let long: Vec<u8> = std::iter::repeat_n(b"\x01a".to_vec(), 130).flatten().chain([0]).collect();
+        let long: Vec<u8> = std::iter::repeat_n(b"\x01a".to_vec(), 130)
+            .flatten()
+            .chain([0])
+            .collect();
         assert!(QName::parse(&long).is_none());
     }
 
@@ -284,11 +295,17 @@ mod tests {
 
     #[test]
     fn reverse_names_parse() {
-        assert_eq!(parse_reverse(&q("4.3.2.10.in-addr.arpa")), Some("10.2.3.4".parse().expect("ip")));
+        assert_eq!(
+            parse_reverse(&q("4.3.2.10.in-addr.arpa")),
+            Some("10.2.3.4".parse().expect("ip"))
+        );
         assert_eq!(parse_reverse(&q("3.2.10.in-addr.arpa")), None);
         assert_eq!(parse_reverse(&q("04.3.2.10.in-addr.arpa")), None);
         let v6 = "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa";
-        assert_eq!(parse_reverse(&q(v6)), Some("2001:db8::1".parse().expect("ip")));
+        assert_eq!(
+            parse_reverse(&q(v6)),
+            Some("2001:db8::1".parse().expect("ip"))
+        );
         assert!(is_reverse(&q("10.in-addr.arpa")));
     }
 }

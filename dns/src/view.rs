@@ -50,12 +50,18 @@ impl ServiceDns {
         };
         let mut out = Vec::new();
         let start = self.usable.partition_point(|i| key(i).0 < Some(label));
-        for i in self.usable[start..].iter().take_while(|i| key(i).0 == Some(label)) {
+        for i in self.usable[start..]
+            .iter()
+            .take_while(|i| key(i).0 == Some(label))
+        {
             out.push(&self.endpoints[*i as usize]);
         }
         if let Some(ip) = crate::name::parse_dashed(label.as_bytes()) {
             let start = self.usable.partition_point(|i| key(i) < (None, ip));
-            for i in self.usable[start..].iter().take_while(|i| key(i) == (None, ip)) {
+            for i in self.usable[start..]
+                .iter()
+                .take_while(|i| key(i) == (None, ip))
+            {
                 out.push(&self.endpoints[*i as usize]);
             }
         }
@@ -179,7 +185,12 @@ impl ViewBuilder {
     }
 
     fn publish(&mut self, ip: IpAddr, name: Name) {
-        let mut names: Vec<Name> = self.view.reverse.get(&ip).map(|n| n.to_vec()).unwrap_or_default();
+        let mut names: Vec<Name> = self
+            .view
+            .reverse
+            .get(&ip)
+            .map(|n| n.to_vec())
+            .unwrap_or_default();
         if !names.contains(&name) {
             names.push(name);
             names.sort_by(|a, b| a.wire().cmp(b.wire()));
@@ -221,7 +232,10 @@ fn build(
         .filter(|i| publish_all || endpoints[*i as usize].endpoint.ready)
         .collect();
     usable.sort_by(|a, b| {
-        let (a, b) = (&endpoints[*a as usize].endpoint, &endpoints[*b as usize].endpoint);
+        let (a, b) = (
+            &endpoints[*a as usize].endpoint,
+            &endpoints[*b as usize].endpoint,
+        );
         (a.hostname.as_deref(), a.ip).cmp(&(b.hostname.as_deref(), b.ip))
     });
     Some(ServiceDns {

@@ -244,7 +244,9 @@ impl<'a> Writer<'a> {
         let end = self.s.arena.len() as u32;
         let mut i = 0;
         while i < prefix.len() && prefix[i] != 0 && offset + i < 0x3fff {
-            self.s.known.push(((offset + i) as u16, (start + i) as u32, end));
+            self.s
+                .known
+                .push(((offset + i) as u16, (start + i) as u32, end));
             i += 1 + prefix[i] as usize;
         }
     }
@@ -262,9 +264,11 @@ impl<'a> Writer<'a> {
         self.out.clear();
         self.out.extend_from_slice(&q.id.to_be_bytes());
         let aa = if a.authoritative { 0x04 } else { 0 };
-        self.out.push(0x80 | (q.opcode << 3) | aa | u8::from(q.recursion_desired));
+        self.out
+            .push(0x80 | (q.opcode << 3) | aa | u8::from(q.recursion_desired));
         let cd = if q.checking_disabled { 0x10 } else { 0 };
-        self.out.push(if ra { 0x80 } else { 0 } | cd | a.rcode.header_bits());
+        self.out
+            .push(if ra { 0x80 } else { 0 } | cd | a.rcode.header_bits());
         self.out.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]);
         self.out.extend_from_slice(&q.question);
     }

@@ -80,7 +80,11 @@ mod tests {
     #[test]
     fn duplicate_address_keeps_the_ready_copy() {
         let a = slice("a", 80, vec![ep("10.0.0.2", false, true)]);
-        let b = slice("b", 80, vec![ep("10.0.0.2", true, true), ep("10.0.0.1", true, true)]);
+        let b = slice(
+            "b",
+            80,
+            vec![ep("10.0.0.2", true, true), ep("10.0.0.1", true, true)],
+        );
         let merged = merge([&a, &b]);
         assert_eq!(merged.len(), 2);
         assert_eq!(merged[0].endpoint.ip.to_string(), "10.0.0.1");

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{CHANGE_LOG_LEN, Snapshot, merge};
-use crate::model::{EndpointSlice, Kind, Namespace, Node, Object, ObjectKey, ObjectRef, Pod, Service};
+use crate::model::{
+    EndpointSlice, Kind, Namespace, Node, Object, ObjectKey, ObjectRef, Pod, Service,
+};
 use crate::source::SourceEvent;
 
 /// The working state behind the published snapshots.
@@ -169,13 +171,10 @@ impl Store {
     }
 
     fn upsert_slice(&mut self, slice: Arc<EndpointSlice>) {
-        let owner = slice
-            .service_name
-            .as_ref()
-            .map(|svc| ObjectKey {
-                namespace: slice.key.namespace.clone(),
-                name: svc.clone(),
-            });
+        let owner = slice.service_name.as_ref().map(|svc| ObjectKey {
+            namespace: slice.key.namespace.clone(),
+            name: svc.clone(),
+        });
         if let Some(Some(old_owner)) = self.slice_owner.get(&slice.key) {
             let unchanged = self
                 .slices
@@ -244,7 +243,11 @@ impl Store {
         for ip in &pod.ips {
             let key = (pod.key.namespace.clone(), *ip);
             let count = self.snap.pod_ips.get(&key).copied().unwrap_or(0);
-            let count = if add { count + 1 } else { count.saturating_sub(1) };
+            let count = if add {
+                count + 1
+            } else {
+                count.saturating_sub(1)
+            };
             if count == 0 {
                 self.snap.pod_ips.remove(&key);
             } else {
@@ -262,7 +265,12 @@ impl Store {
     }
 
     fn upsert_namespace(&mut self, namespace: Arc<Namespace>) {
-        if self.snap.namespaces.insert(namespace.name.clone()).is_none() {
+        if self
+            .snap
+            .namespaces
+            .insert(namespace.name.clone())
+            .is_none()
+        {
             self.dirty = true;
         }
     }

@@ -80,7 +80,10 @@ fn replace_then_apply_reports_only_what_changed() {
     assert_eq!(first.changes_since(0), Changes::Full);
 
     store.apply(SourceEvent::Apply(service("a", "x", "10.0.0.1")));
-    assert!(store.snapshot().is_none(), "an unchanged object changes nothing");
+    assert!(
+        store.snapshot().is_none(),
+        "an unchanged object changes nothing"
+    );
 
     store.apply(SourceEvent::Apply(service("a", "x", "10.0.0.9")));
     let second = store.snapshot().expect("second");
@@ -109,14 +112,22 @@ fn slices_merge_per_service_and_follow_moves() {
     let mut store = Store::default();
     store.apply(SourceEvent::Apply(service("a", "x", "10.0.0.1")));
     store.apply(SourceEvent::Apply(slice("a", "x-1", "x", &["10.1.0.1"])));
-    store.apply(SourceEvent::Apply(slice("a", "x-2", "x", &["10.1.0.2", "10.1.0.1"])));
+    store.apply(SourceEvent::Apply(slice(
+        "a",
+        "x-2",
+        "x",
+        &["10.1.0.2", "10.1.0.1"],
+    )));
     let snap = store.snapshot().expect("snap");
     assert_eq!(snap.endpoints.get(&key("a", "x")).map(|e| e.len()), Some(2));
 
     // The slice is relabelled to another Service: both change.
     store.apply(SourceEvent::Apply(slice("a", "x-2", "y", &["10.1.0.2"])));
     let next = store.snapshot().expect("next");
-    assert_eq!(changed(&next, snap.generation), vec![key("a", "x"), key("a", "y")]);
+    assert_eq!(
+        changed(&next, snap.generation),
+        vec![key("a", "x"), key("a", "y")]
+    );
     assert_eq!(next.endpoints.get(&key("a", "y")).map(|e| e.len()), Some(1));
 
     store.apply(SourceEvent::Delete(ObjectRef {
@@ -133,7 +144,11 @@ fn change_log_accumulates_and_falls_back_to_full() {
     store.apply(SourceEvent::Apply(service("a", "x", "10.0.0.1")));
     let base = store.snapshot().expect("base").generation;
     for i in 0..3 {
-        store.apply(SourceEvent::Apply(service("a", &format!("s{i}"), "10.0.0.2")));
+        store.apply(SourceEvent::Apply(service(
+            "a",
+            &format!("s{i}"),
+            "10.0.0.2",
+        )));
         store.snapshot();
     }
     let snap = store.snapshot();
@@ -143,7 +158,11 @@ fn change_log_accumulates_and_falls_back_to_full() {
     assert!(snap.synced);
     assert_eq!(changed(&snap, base).len(), 3);
     for i in 0..super::CHANGE_LOG_LEN + 5 {
-        store.apply(SourceEvent::Apply(service("b", &format!("s{i}"), "10.0.0.3")));
+        store.apply(SourceEvent::Apply(service(
+            "b",
+            &format!("s{i}"),
+            "10.0.0.3",
+        )));
         store.snapshot();
     }
     store.apply(SourceEvent::Apply(service("c", "z", "10.0.0.3")));
@@ -166,7 +185,10 @@ fn pod_ips_are_counted_per_namespace() {
     };
     store.apply(SourceEvent::Apply(pod("p1", "10.0.0.1")));
     store.apply(SourceEvent::Apply(pod("p2", "10.0.0.1")));
-    store.apply(SourceEvent::Delete(ObjectRef { kind: Kind::Pod, key: key("a", "p1") }));
+    store.apply(SourceEvent::Delete(ObjectRef {
+        kind: Kind::Pod,
+        key: key("a", "p1"),
+    }));
     let snap = store.snapshot().expect("snap");
     let ip: IpAddr = "10.0.0.1".parse().expect("ip");
     assert_eq!(snap.pod_ips.get(&(Arc::from("a"), ip)), Some(&1));

@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
-use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
@@ -84,7 +84,8 @@ pub async fn run(client: Client, kinds: Vec<Kind>, tx: EventSender, shutdown: Ca
                 }
                 Kind::EndpointSlice => {
                     watch::<discovery::EndpointSlice>(client, kind, tx, shared, |s| {
-                        convert::endpoint_slice(s).map(|s| s.map(|s| Object::EndpointSlice(Arc::new(s))))
+                        convert::endpoint_slice(s)
+                            .map(|s| s.map(|s| Object::EndpointSlice(Arc::new(s))))
                     })
                     .await
                 }

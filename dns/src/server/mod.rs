@@ -6,13 +6,14 @@
 //! [`Step::Forward`], which the transport completes with [`Handler::forward`] on the async
 //! runtime.
 
+mod mmsg;
 pub mod tcp;
 pub mod udp;
 
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use hickory_proto::op::{Message, MessageType, OpCode, Query as HQuery, ResponseCode};
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query as HQuery, ResponseCode};
 use hickory_proto::rr::{DNSClass, Name as HName, RData as HRData, Record, RecordType};
 
 use crate::answer::{self, Answer, Outcome, Question, Rcode, ResolveConfig};
@@ -68,11 +69,17 @@ impl Handler {
             Err(ParseError::Drop) => return Step::Drop,
             Err(ParseError::FormErr { id, opcode }) => {
                 wire::encode_error(id, opcode, Rcode::FormErr, out);
-                return Step::Reply { rcode: Rcode::FormErr, qtype: 0 };
+                return Step::Reply {
+                    rcode: Rcode::FormErr,
+                    qtype: 0,
+                };
             }
             Err(ParseError::NotImp { id, opcode }) => {
                 wire::encode_error(id, opcode, Rcode::NotImp, out);
-                return Step::Reply { rcode: Rcode::NotImp, qtype: 0 };
+                return Step::Reply {
+                    rcode: Rcode::NotImp,
+                    qtype: 0,
+                };
             }
         };
         let answer = match self.classify(&q) {
@@ -82,7 +89,10 @@ impl Handler {
         let rcode = answer.rcode;
         let limit = limit(&q, transport);
         wire::encode(&q, &answer, self.forwarder.is_some(), limit, scratch, out);
-        Step::Reply { rcode, qtype: q.qtype }
+        Step::Reply {
+            rcode,
+            qtype: q.qtype,
+        }
     }
 
     /// The answer for a well-formed query, or the query if it needs the upstreams.
@@ -119,7 +129,12 @@ impl Handler {
     }
 
     /// Completes a [`Step::Forward`]: the response bytes, and its rcode.
-    pub async fn forward(&self, packet: &[u8], pending: &Pending, transport: Transport) -> (Vec<u8>, Rcode) {
+    pub async fn forward(
+        &self,
+        packet: &[u8],
+        pending: &Pending,
+        transport: Transport,
+    ) -> (Vec<u8>, Rcode) {
         let q = &pending.query;
         let mut out = Vec::new();
         let Some(forwarder) = &self.forwarder else {
@@ -187,15 +202,18 @@ async fn chase(forwarder: &Forwarder, q: &Query, partial: &Answer) -> Option<Mes
     upstream_query.metadata.recursion_desired = true;
     upstream_query.add_query(HQuery::query(target.clone(), RecordType::from(q.qtype)));
     let upstream = forwarder.resolve(&upstream_query).await.ok()?;
-    let asked = HName::from_labels(
-        (0..q.qname.label_count()).map(|i| q.qname.label(i).to_vec()),
-    )
-    .ok()?;
+    let asked =
+        HName::from_labels((0..q.qname.label_count()).map(|i| q.qname.label(i).to_vec())).ok()?;
     let mut response = Message::new(q.id, MessageType::Response, OpCode::Query);
     response.metadata.recursion_desired = q.recursion_desired;
     response.metadata.recursion_available = true;
+    // RFC 6604 §3.1: AA follows the first owner name (the question), which is ours.
+    response.metadata.authoritative = true;
     response.metadata.response_code = upstream.metadata.response_code;
-    response.add_query(HQuery::query(original_case(q).unwrap_or(asked), RecordType::from(q.qtype)));
+    response.add_query(HQuery::query(
+        original_case(q).unwrap_or(asked),
+        RecordType::from(q.qtype),
+    ));
     for rr in &partial.answer {
         if let Some(record) = to_hickory(q, rr) {
             response.add_answer(record);
@@ -203,6 +221,13 @@ async fn chase(forwarder: &Forwarder, q: &Query, partial: &Answer) -> Option<Mes
     }
     for record in &upstream.answers {
         response.add_answer(record.clone());
+    }
+    // RFC 6891 §6.1.1: a query with an OPT gets one back.
+    if let Some(e) = q.edns {
+        let mut edns = Edns::new();
+        edns.set_max_payload(wire::EDNS_UDP);
+        edns.set_dnssec_ok(e.dnssec_ok);
+        response.set_edns(edns);
     }
     Some(response)
 }
@@ -228,7 +253,9 @@ fn to_hickory(q: &Query, rr: &answer::Rr) -> Option<Record> {
         answer::Owner::Name(n) => HName::from_ascii(n.to_dotted()).ok()?,
     };
     let data = match &rr.data {
-        answer::RData::Cname(n) => HRData::CNAME(hickory_proto::rr::rdata::CNAME(HName::from_ascii(n.to_dotted()).ok()?)),
+        answer::RData::Cname(n) => HRData::CNAME(hickory_proto::rr::rdata::CNAME(
+            HName::from_ascii(n.to_dotted()).ok()?,
+        )),
         answer::RData::A(ip) => HRData::A((*ip).into()),
         answer::RData::Aaaa(ip) => HRData::AAAA((*ip).into()),
         _ => return None,

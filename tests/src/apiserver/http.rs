@@ -55,7 +55,13 @@ fn route(shared: &Arc<Shared>, method: &Method, uri: &Uri) -> Response<Body> {
         }
         _ => None,
     };
-    found.unwrap_or_else(|| status(404, "NotFound", "the server could not find the requested resource"))
+    found.unwrap_or_else(|| {
+        status(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
+    })
 }
 
 /// Collection or object requests below a group version; `None` is a 404.
@@ -107,7 +113,12 @@ fn collection(
     }
 }
 
-fn object(shared: &Shared, resource: &'static ResourceType, ns: &str, name: &str) -> Response<Body> {
+fn object(
+    shared: &Shared,
+    resource: &'static ResourceType,
+    ns: &str,
+    name: &str,
+) -> Response<Body> {
     shared.count(resource.plural, |c| c.gets += 1);
     let key = (resource.plural, ns.to_string(), name.to_string());
     match shared.store().get(&key) {
@@ -141,7 +152,11 @@ fn list(
         after.as_ref().is_none_or(|after| key > *after)
     });
     let limit = query.limit.unwrap_or(usize::MAX);
-    let items: Vec<Value> = matching.by_ref().take(limit).map(|o| (**o).clone()).collect();
+    let items: Vec<Value> = matching
+        .by_ref()
+        .take(limit)
+        .map(|o| (**o).clone())
+        .collect();
     let remaining = matching.count();
     let mut metadata = json!({"resourceVersion": rv.to_string()});
     if let (Some(last), true) = (items.last(), remaining > 0) {
@@ -236,5 +251,7 @@ fn text_response(text: &'static str) -> Response<Body> {
 }
 
 fn full(bytes: Bytes) -> Body {
-    Full::new(bytes).map_err(|never: Infallible| match never {}).boxed_unsync()
+    Full::new(bytes)
+        .map_err(|never: Infallible| match never {})
+        .boxed_unsync()
 }

@@ -30,7 +30,7 @@ use tokio::sync::watch as signal;
 
 pub use resources::{RESOURCES, ResourceType};
 pub use selector::{FieldSelector, LabelSelector, ObjectFilter};
-pub use server::{ApiServer, serve};
+pub use server::{ApiServer, client, kubeconfig_yaml, serve};
 
 use store::{Store, key_of};
 
@@ -250,12 +250,15 @@ impl ServerState {
     /// Aborts every open watch stream mid-response, as a dropped connection
     /// would; clients resume from their last resourceVersion.
     pub fn drop_watches(&self) {
-        self.shared.dropped.send_modify(|generation| *generation += 1);
+        self.shared
+            .dropped
+            .send_modify(|generation| *generation += 1);
     }
 
     /// Forgets the event history: every resourceVersion handed out so far
     /// becomes too old, so the next watch resume gets 410 Expired and the
-    /// client has to relist. Open watches are not affected.
+    /// client has to relist. Open watches that are up to date keep running;
+    /// one that had not yet caught up with the history gets 410 Expired.
     pub fn compact(&self) {
         let mut store = self.shared.store();
         store.compact();
@@ -288,8 +291,8 @@ impl ServerState {
 fn normalize(mut object: Value) -> Result<(&'static ResourceType, Value), Error> {
     let text = |field: &str| object[field].as_str().unwrap_or_default().to_string();
     let (api_version, kind) = (text("apiVersion"), text("kind"));
-    let resource = resources::by_kind(&api_version, &kind)
-        .ok_or(Error::UnknownKind { api_version, kind })?;
+    let resource =
+        resources::by_kind(&api_version, &kind).ok_or(Error::UnknownKind { api_version, kind })?;
     let name = object["metadata"]["name"].as_str().unwrap_or_default();
     if !object["metadata"].is_object() || name.is_empty() {
         return Err(Error::InvalidObject("metadata.name is required".into()));

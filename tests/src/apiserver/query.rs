@@ -106,10 +106,13 @@ fn resource_version(value: String) -> Result<ResourceVersion, Error> {
     match value.as_str() {
         "" => Ok(ResourceVersion::Unset),
         "0" => Ok(ResourceVersion::Any),
-        _ => value.parse().map(ResourceVersion::At).map_err(|_| Error::BadParameter {
-            name: "resourceVersion",
-            value,
-        }),
+        _ => value
+            .parse()
+            .map(ResourceVersion::At)
+            .map_err(|_| Error::BadParameter {
+                name: "resourceVersion",
+                value,
+            }),
     }
 }
 
@@ -135,7 +138,11 @@ fn percent_decode(text: &str) -> String {
             .then(|| bytes.get(i + 1..i + 3))
             .flatten()
             .and_then(|hex| std::str::from_utf8(hex).ok())
-            .and_then(|hex| u8::from_str_radix(hex, 16).ok().filter(|_| !hex.starts_with('+')));
+            .and_then(|hex| {
+                u8::from_str_radix(hex, 16)
+                    .ok()
+                    .filter(|_| !hex.starts_with('+'))
+            });
         match (escaped, bytes[i]) {
             (Some(byte), _) => {
                 out.push(byte);
@@ -170,7 +177,11 @@ pub fn decode_continue(token: &str) -> Result<(u64, String, String), Error> {
     };
     let bytes = (0..token.len())
         .step_by(2)
-        .map(|i| token.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .map(|i| {
+            token
+                .get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
         .collect::<Option<Vec<u8>>>()
         .ok_or_else(bad)?;
     let text = String::from_utf8(bytes).map_err(|_| bad())?;
@@ -183,6 +194,7 @@ pub fn decode_continue(token: &str) -> Result<(u64, String, String), Error> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -201,7 +213,12 @@ mod tests {
 
     #[test]
     fn rejects_bad_values() {
-        for text in ["watch=maybe", "limit=-1", "resourceVersion=x", "resourceVersionMatch=Y"] {
+        for text in [
+            "watch=maybe",
+            "limit=-1",
+            "resourceVersion=x",
+            "resourceVersionMatch=Y",
+        ] {
             assert!(Query::parse(text).is_err(), "{text}");
         }
         assert_eq!(percent_decode("a%2"), "a%2");
@@ -211,7 +228,10 @@ mod tests {
     #[test]
     fn continue_round_trip() {
         let token = encode_continue(42, "ns", "name");
-        assert_eq!(decode_continue(&token).unwrap(), (42, "ns".into(), "name".into()));
+        assert_eq!(
+            decode_continue(&token).unwrap(),
+            (42, "ns".into(), "name".into())
+        );
         assert!(decode_continue("zz").is_err());
         assert!(decode_continue("é").is_err());
         assert!(decode_continue("4").is_err());

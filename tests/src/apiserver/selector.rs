@@ -134,10 +134,16 @@ fn parse_label_term(term: &str) -> Option<LabelRequirement> {
         return parse_set_term(term);
     }
     if let Some((k, v)) = term.split_once("!=") {
-        return Some(LabelRequirement::NotEquals(valid_key(k.trim())?, valid_value(v)?));
+        return Some(LabelRequirement::NotEquals(
+            valid_key(k.trim())?,
+            valid_value(v)?,
+        ));
     }
     if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
-        return Some(LabelRequirement::Equals(valid_key(k.trim())?, valid_value(v)?));
+        return Some(LabelRequirement::Equals(
+            valid_key(k.trim())?,
+            valid_value(v)?,
+        ));
     }
     valid_key(term).map(LabelRequirement::Exists)
 }
@@ -200,6 +206,7 @@ fn field_value(object: &Value, path: &[String]) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use serde_json::json;
@@ -226,7 +233,11 @@ mod tests {
         assert!(!sel.matches(&svc(json!({"app": "web", "env": "c"}))));
         assert!(!sel.matches(&svc(json!({"app": "web", "env": "a", "tier": "db"}))));
         assert!(!sel.matches(&svc(json!({"app": "web", "env": "a", "x": "y"}))));
-        assert!(LabelSelector::parse("app").unwrap().matches(&svc(json!({"app": ""}))));
+        assert!(
+            LabelSelector::parse("app")
+                .unwrap()
+                .matches(&svc(json!({"app": ""})))
+        );
     }
 
     #[test]

@@ -53,6 +53,41 @@ async fn serve_connection(stream: TcpStream, state: ServerState) {
     }
 }
 
+/// A kubeconfig (YAML) with one cluster, user and current context pointing
+/// at `http://{addr}` without credentials, default namespace `default`.
+pub fn kubeconfig_yaml(addr: SocketAddr) -> String {
+    format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: svcplane-test
+  cluster:
+    server: http://{addr}
+users:
+- name: svcplane-test
+  user: {{}}
+contexts:
+- name: svcplane-test
+  context:
+    cluster: svcplane-test
+    user: svcplane-test
+    namespace: default
+current-context: svcplane-test
+preferences: {{}}
+"
+    )
+}
+
+/// A kube client built from [`kubeconfig_yaml`] the way a binary given that
+/// kubeconfig would build one (but ignoring `HTTPS_PROXY`).
+pub async fn client(addr: SocketAddr) -> Result<kube::Client, Error> {
+    let kubeconfig = Kubeconfig::from_yaml(&kubeconfig_yaml(addr))?;
+    let options = KubeConfigOptions::default();
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &options).await?;
+    config.proxy_url = None;
+    Ok(kube::Client::try_from(config)?)
+}
+
 /// A test API server on 127.0.0.1 running on a background task; stopped when
 /// dropped. Dereferences to its [`ServerState`] for the test controls.
 pub struct ApiServer {
@@ -106,30 +141,9 @@ impl ApiServer {
         &self.state
     }
 
-    /// A kubeconfig (YAML) with one cluster, user and current context
-    /// pointing at this server, default namespace `default`.
+    /// A kubeconfig for this server; see [`kubeconfig_yaml`].
     pub fn kubeconfig_yaml(&self) -> String {
-        format!(
-            "apiVersion: v1
-kind: Config
-clusters:
-- name: svcplane-test
-  cluster:
-    server: {url}
-users:
-- name: svcplane-test
-  user: {{}}
-contexts:
-- name: svcplane-test
-  context:
-    cluster: svcplane-test
-    user: svcplane-test
-    namespace: default
-current-context: svcplane-test
-preferences: {{}}
-",
-            url = self.url()
-        )
+        kubeconfig_yaml(self.addr)
     }
 
     /// Writes [`kubeconfig_yaml`](Self::kubeconfig_yaml) to `dir/kubeconfig`
@@ -140,15 +154,9 @@ preferences: {{}}
         Ok(path)
     }
 
-    /// A kube client built from this server's kubeconfig, the way a binary
-    /// given the kubeconfig would build one (but ignoring `HTTPS_PROXY`).
+    /// A kube client for this server; see [`client`].
     pub async fn client(&self) -> Result<kube::Client, Error> {
-        let kubeconfig = Kubeconfig::from_yaml(&self.kubeconfig_yaml())?;
-        let mut config =
-            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-                .await?;
-        config.proxy_url = None;
-        Ok(kube::Client::try_from(config)?)
+        client(self.addr).await
     }
 
     /// Stops accepting, drops every connection and waits for the server task.

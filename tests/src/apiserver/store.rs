@@ -261,6 +261,7 @@ fn now() -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::super::resources::by_kind;
     use super::*;
@@ -285,7 +286,10 @@ mod tests {
         assert!(put(&mut store, svc("a", 80)).is_none());
         let modified = put(&mut store, svc("a", 81)).unwrap();
         assert_eq!(modified.kind, EventType::Modified);
-        assert_eq!(modified.object["metadata"]["uid"], added.object["metadata"]["uid"]);
+        assert_eq!(
+            modified.object["metadata"]["uid"],
+            added.object["metadata"]["uid"]
+        );
     }
 
     #[test]
@@ -315,7 +319,10 @@ mod tests {
         assert_eq!(store.events_after(3).unwrap().len(), 2);
         let current = store.resource_version();
         store.compact();
-        assert!(matches!(store.check_readable(current), Err(Error::Expired { .. })));
+        assert!(matches!(
+            store.check_readable(current),
+            Err(Error::Expired { .. })
+        ));
         assert!(store.events_after(current).unwrap().is_empty());
         assert!(store.check_readable(store.resource_version()).is_ok());
     }

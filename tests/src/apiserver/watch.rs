@@ -34,6 +34,9 @@ use super::selector::ObjectFilter;
 use super::store::{Event, EventType, Store};
 use super::{Error, Shared};
 
+/// The longest `timeoutSeconds` honoured (a day), so deadlines cannot overflow.
+const MAX_TIMEOUT_SECONDS: u64 = 24 * 60 * 60;
+
 /// Answers a `watch=true` request.
 pub fn start(
     shared: &Arc<Shared>,
@@ -82,7 +85,8 @@ impl WatchStream {
         query: &Query,
     ) -> Self {
         let config = &shared.config;
-        let timeout = query.timeout_seconds.filter(|s| *s > 0).map(Duration::from_secs);
+        let timeout = query.timeout_seconds.filter(|s| *s > 0);
+        let timeout = timeout.map(|s| Duration::from_secs(s.min(MAX_TIMEOUT_SECONDS)));
         let now = Instant::now();
         shared.count(resource.plural, |c| c.open_watches += 1);
         Self {
@@ -147,14 +151,10 @@ impl WatchStream {
     async fn wait(&mut self) -> Result<(), io::Error> {
         let (deadline, bookmark_at) = (self.deadline, self.next_bookmark);
         tokio::select! {
-            () = sleep_until(deadline) => self.finished = true,
+            biased;
             _ = self.dropped.changed() => {
                 let aborted = io::ErrorKind::ConnectionAborted;
                 return Err(io::Error::new(aborted, "watch dropped by the test API server"));
-            }
-            () = sleep_until(bookmark_at), if self.bookmarks => {
-                self.push_bookmark(false);
-                self.next_bookmark = Instant::now() + self.shared.config.bookmark_interval;
             }
             changed = self.changed.changed() => match changed {
                 Ok(()) => {
@@ -163,6 +163,11 @@ impl WatchStream {
                 }
                 Err(_) => self.finished = true,
             },
+            () = sleep_until(bookmark_at), if self.bookmarks => {
+                self.push_bookmark(false);
+                self.next_bookmark = Instant::now() + self.shared.config.bookmark_interval;
+            }
+            () = sleep_until(deadline) => self.finished = true,
         }
         Ok(())
     }
@@ -213,7 +218,8 @@ impl WatchStream {
 
     /// Queues an `ERROR` event and ends the stream after it.
     fn fail(&mut self, e: &Error) {
-        self.pending.push_back(event_line("ERROR", &error_status(e)));
+        self.pending
+            .push_back(event_line("ERROR", &error_status(e)));
         self.finished = true;
     }
 }
@@ -221,7 +227,9 @@ impl WatchStream {
 impl Drop for WatchStream {
     fn drop(&mut self) {
         let plural = self.resource.plural;
-        self.shared.count(plural, |c| c.open_watches = c.open_watches.saturating_sub(1));
+        self.shared.count(plural, |c| {
+            c.open_watches = c.open_watches.saturating_sub(1)
+        });
     }
 }
 

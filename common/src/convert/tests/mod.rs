@@ -2,6 +2,7 @@
 //! manifest would reach it.
 
 mod endpoint_slice;
+mod fuzz;
 mod service;
 mod validate;
 mod workload;

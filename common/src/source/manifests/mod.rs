@@ -246,3 +246,9 @@ async fn send_all(
     }
     true
 }
+
+/// Parses `text` as if read from `path` (for tests elsewhere in the crate).
+#[cfg(test)]
+pub(crate) fn parse_for_tests(path: &Path, text: &str) -> usize {
+    parse::parse_file(path, text).map_or(0, |p| p.objects.len())
+}

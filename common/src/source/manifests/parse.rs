@@ -40,6 +40,7 @@ pub(super) struct Parsed {
 
 /// Parses a whole file. `Err` means the file is not valid YAML/JSON at all.
 pub(super) fn parse_file(path: &Path, text: &str) -> Result<Parsed, ProblemError> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let docs = if is_json(path) {
         json_documents(text)?
     } else {
@@ -64,8 +65,20 @@ fn is_json(path: &Path) -> bool {
         .is_some_and(|e| e.eq_ignore_ascii_case("json"))
 }
 
+/// The parser's limits: its defaults (1,024 documents, 250,000 nodes) suit untrusted input;
+/// manifests are the operator's own files and may list thousands of objects. Nesting stays
+/// capped at the default depth of 64.
+fn options() -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_documents = 1_000_000;
+    budget.max_nodes = 50_000_000;
+    budget.max_events = 100_000_000;
+    budget.max_total_scalar_bytes = 1 << 30;
+    serde_saphyr::options! { with_snippet: false, budget: Some(budget) }
+}
+
 fn yaml_documents(text: &str) -> Result<Vec<Document>, ProblemError> {
-    let options = serde_saphyr::options! { with_snippet: false };
+    let options = options();
     let values: Vec<Spanned<Value>> = serde_saphyr::from_multiple_with_options(text, options)
         .map_err(|e| ProblemError::Syntax(e.to_string()))?;
     let starts = document_start_lines(text);

@@ -57,7 +57,7 @@ fn multi_document_yaml_json_and_lists() {
     let json = r#"{"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}}
 {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}
 {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "other"}}"#;
-    write(dir.path(), "b.json", json);
+    write(dir.path(), "b.json", &format!("\u{feff}{json}"));
     let list = "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Pod, metadata: {name: p1, namespace: shop}}\n- {apiVersion: v1, kind: Secret, metadata: {name: s}}\n---\napiVersion: v1\nkind: ServiceList\nitems:\n- metadata: {name: db, namespace: shop}\n  spec: {ports: [{port: 5432}]}\n";
     write(dir.path(), "c.yml", list);
     let loaded = load_dir(dir.path());
@@ -353,4 +353,20 @@ fn polls_settle_and_keep_unnamed_bad_documents_by_position() {
     assert_eq!(r.to_string(), "Service shop/web");
     assert_eq!(stats.problems_current.load(Ordering::Relaxed), 0);
     assert_eq!(stats.problems_total.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn large_files_load() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let docs: Vec<String> = (0..3000)
+        .map(|i| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: s{i}, namespace: shop}}\nspec: {{ports: [{{port: 80}}]}}\n"
+            )
+        })
+        .collect();
+    write(dir.path(), "many.yaml", &docs.join("---\n"));
+    let loaded = load_dir(dir.path());
+    assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
+    assert_eq!(loaded.objects.len(), 3000);
 }
