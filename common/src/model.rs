@@ -206,6 +206,32 @@ pub struct Service {
     pub headless_label: bool,
 }
 
+impl Service {
+    /// A ClusterIP Service with these ClusterIPs (none: headless), no ports, and every other
+    /// field at the API's default.
+    pub fn new(key: ObjectKey, cluster_ips: Vec<IpAddr>) -> Service {
+        Service {
+            key,
+            service_type: ServiceType::ClusterIp,
+            headless: cluster_ips.is_empty(),
+            cluster_ips,
+            ports: vec![],
+            external_ips: vec![],
+            lb_ingress: vec![],
+            lb_source_ranges: vec![],
+            affinity_timeout: None,
+            external_traffic_policy: TrafficPolicy::Cluster,
+            internal_traffic_policy: TrafficPolicy::Cluster,
+            health_check_node_port: None,
+            publish_not_ready_addresses: false,
+            external_name: None,
+            traffic_distribution: None,
+            proxy_name: None,
+            headless_label: false,
+        }
+    }
+}
+
 /// One port of an EndpointSlice.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EndpointPort {
@@ -231,6 +257,24 @@ pub struct Endpoint {
     pub pod_name: Option<Arc<str>>,
     pub hint_zones: Vec<Arc<str>>,
     pub hint_nodes: Vec<Arc<str>>,
+}
+
+impl Endpoint {
+    /// A ready endpoint at `ip` with nothing else set.
+    pub fn new(ip: IpAddr) -> Endpoint {
+        Endpoint {
+            ip,
+            hostname: None,
+            node_name: None,
+            zone: None,
+            ready: true,
+            serving: true,
+            terminating: false,
+            pod_name: None,
+            hint_zones: vec![],
+            hint_nodes: vec![],
+        }
+    }
 }
 
 /// An EndpointSlice of address type IPv4 or IPv6 (FQDN slices are dropped at conversion).

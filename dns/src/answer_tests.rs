@@ -25,40 +25,20 @@ fn port(name: &str, number: u16) -> ServicePort {
 }
 
 fn service(ns: &str, name: &str, ips: &[&str], ports: Vec<ServicePort>) -> Service {
-    Service {
-        key: ObjectKey::new(ns, name),
-        service_type: ServiceType::ClusterIp,
-        headless: ips.is_empty(),
-        cluster_ips: ips.iter().map(|s| ip(s)).collect(),
-        ports,
-        external_ips: vec![],
-        lb_ingress: vec![],
-        lb_source_ranges: vec![],
-        affinity_timeout: None,
-        external_traffic_policy: TrafficPolicy::Cluster,
-        internal_traffic_policy: TrafficPolicy::Cluster,
-        health_check_node_port: None,
-        publish_not_ready_addresses: false,
-        external_name: None,
-        traffic_distribution: None,
-        proxy_name: None,
-        headless_label: false,
-    }
+    let mut s = Service::new(
+        ObjectKey::new(ns, name),
+        ips.iter().map(|s| ip(s)).collect(),
+    );
+    s.ports = ports;
+    s
 }
 
 fn endpoint(addr: &str, hostname: Option<&str>, ready: bool) -> Endpoint {
-    Endpoint {
-        ip: ip(addr),
-        hostname: hostname.map(Into::into),
-        node_name: None,
-        zone: None,
-        ready,
-        serving: ready,
-        terminating: false,
-        pod_name: None,
-        hint_zones: vec![],
-        hint_nodes: vec![],
-    }
+    let mut e = Endpoint::new(ip(addr));
+    e.hostname = hostname.map(Into::into);
+    e.ready = ready;
+    e.serving = ready;
+    e
 }
 
 fn slice(ns: &str, svc: &str, ports: &[(&str, u16)], endpoints: Vec<Endpoint>) -> EndpointSlice {

@@ -15,7 +15,7 @@ use svcplane_common::catalog::Store;
 use svcplane_common::model::Kind;
 use svcplane_common::model::{
     Endpoint, EndpointPort, EndpointSlice, Family, Namespace, Object, ObjectKey, Protocol, Service,
-    ServicePort, ServiceType, TargetPort, TrafficPolicy,
+    ServicePort, ServiceType, TargetPort,
 };
 use svcplane_common::source::SourceEvent;
 use svcplane_dns::answer::{PodsMode, Rcode, ResolveConfig};
@@ -31,46 +31,24 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn service(ns: &str, name: &str, ips: &[&str]) -> Service {
-    Service {
-        key: ObjectKey::new(ns, name),
-        service_type: ServiceType::ClusterIp,
-        headless: ips.is_empty(),
-        cluster_ips: ips.iter().map(|s| ip(s)).collect(),
-        ports: vec![ServicePort {
-            name: "http".into(),
-            protocol: Protocol::Tcp,
-            port: 80,
-            target_port: TargetPort::Number(8080),
-            node_port: None,
-        }],
-        external_ips: vec![],
-        lb_ingress: vec![],
-        lb_source_ranges: vec![],
-        affinity_timeout: None,
-        external_traffic_policy: TrafficPolicy::Cluster,
-        internal_traffic_policy: TrafficPolicy::Cluster,
-        health_check_node_port: None,
-        publish_not_ready_addresses: false,
-        external_name: None,
-        traffic_distribution: None,
-        proxy_name: None,
-        headless_label: false,
-    }
+    let mut s = Service::new(
+        ObjectKey::new(ns, name),
+        ips.iter().map(|s| ip(s)).collect(),
+    );
+    s.ports = vec![ServicePort {
+        name: "http".into(),
+        protocol: Protocol::Tcp,
+        port: 80,
+        target_port: TargetPort::Number(8080),
+        node_port: None,
+    }];
+    s
 }
 
 fn endpoint(addr: &str, hostname: Option<&str>) -> Endpoint {
-    Endpoint {
-        ip: ip(addr),
-        hostname: hostname.map(Into::into),
-        node_name: None,
-        zone: None,
-        ready: true,
-        serving: true,
-        terminating: false,
-        pod_name: None,
-        hint_zones: vec![],
-        hint_nodes: vec![],
-    }
+    let mut e = Endpoint::new(ip(addr));
+    e.hostname = hostname.map(Into::into);
+    e
 }
 
 fn slice(ns: &str, svc: &str, endpoints: Vec<Endpoint>) -> EndpointSlice {

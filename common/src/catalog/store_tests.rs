@@ -8,25 +8,8 @@ use crate::catalog::Changes;
 use crate::model::*;
 
 fn service(ns: &str, name: &str, ip: &str) -> Object {
-    Object::Service(Arc::new(Service {
-        key: ObjectKey::new(ns, name),
-        service_type: ServiceType::ClusterIp,
-        headless: false,
-        cluster_ips: vec![ip.parse().expect("ip")],
-        ports: vec![],
-        external_ips: vec![],
-        lb_ingress: vec![],
-        lb_source_ranges: vec![],
-        affinity_timeout: None,
-        external_traffic_policy: TrafficPolicy::Cluster,
-        internal_traffic_policy: TrafficPolicy::Cluster,
-        health_check_node_port: None,
-        publish_not_ready_addresses: false,
-        external_name: None,
-        traffic_distribution: None,
-        proxy_name: None,
-        headless_label: false,
-    }))
+    let ip = ip.parse().expect("ip");
+    Object::Service(Arc::new(Service::new(ObjectKey::new(ns, name), vec![ip])))
 }
 
 fn slice(ns: &str, name: &str, svc: &str, ips: &[&str]) -> Object {
@@ -37,18 +20,7 @@ fn slice(ns: &str, name: &str, svc: &str, ips: &[&str]) -> Object {
         ports: vec![],
         endpoints: ips
             .iter()
-            .map(|ip| Endpoint {
-                ip: ip.parse::<IpAddr>().expect("ip"),
-                hostname: None,
-                node_name: None,
-                zone: None,
-                ready: true,
-                serving: true,
-                terminating: false,
-                pod_name: None,
-                hint_zones: vec![],
-                hint_nodes: vec![],
-            })
+            .map(|ip| Endpoint::new(ip.parse::<IpAddr>().expect("ip")))
             .collect(),
     }))
 }

@@ -186,9 +186,11 @@ fn bench_size(options: &Options, size: Size, server_bin: &Path) -> Result<Row> {
         CpuSample::of(server.pid())?,
         CpuSample::of(std::process::id())?,
     );
+    let drops = Drops::now(server.dns.port())?;
     let mut latency = fixed_rate(server.dns, &mix, half, Duration::from_secs(secs))?;
     latency.server = server_before.share_since(server.pid())?;
     latency.client = client_before.share_since(std::process::id())?;
+    latency.drops = drops.since(server.dns.port())?;
     let loaded = server.memory()?;
     server.check_alive()?;
     let reload = full_reload(&mut catalog, &work.manifests, &server)?;
@@ -708,14 +710,16 @@ struct Dnsperf {
     rcodes: String,
     /// The server's use of its CPU during the run.
     server: CpuShare,
+    drops: Drops,
 }
 
 /// `dnsperf` at its maximum rate, pinned to CPU 0.
 fn run_dnsperf(server: &Server, file: &Path, secs: u64, label: &str) -> Result<Dnsperf> {
     eprintln!("dnsperf ({label}) for {secs} s");
-    let before = CpuSample::of(server.pid())?;
+    let (before, drops) = (CpuSample::of(server.pid())?, Drops::now(server.dns.port())?);
     let mut result = dnsperf(server.dns, file, secs)?;
     result.server = before.share_since(server.pid())?;
+    result.drops = drops.since(server.dns.port())?;
     Ok(result)
 }
 
@@ -763,6 +767,7 @@ fn parse_dnsperf(text: &str) -> Result<Dnsperf> {
         lost_percent: percent.context("lost %")?.parse()?,
         rcodes: field("Response codes:")?.to_string(),
         server: CpuShare::default(),
+        drops: Drops::default(),
     })
 }
 
@@ -783,6 +788,7 @@ struct Latency {
     server: CpuShare,
     /// This process (the client) on CPU 0: its wait share says how much others disturbed it.
     client: CpuShare,
+    drops: Drops,
 }
 
 /// Sends `queries` round-robin at `rate` per second for `duration` from one busy-polling thread
@@ -905,6 +911,7 @@ impl Flight {
             max: at(1.0),
             server: CpuShare::default(),
             client: CpuShare::default(),
+            drops: Drops::default(),
         }
     }
 }
@@ -1034,35 +1041,40 @@ fn report(options: &Options, rows: &[Row]) -> String {
     let _ = writeln!(out, "\n{TARGETS}\n");
     let _ = writeln!(
         out,
-        "| Services | queries (dnsperf, max rate) | qps | avg lat | lost % | server CPU run / wait % | qps per server CPU-s | response codes |"
+        "| Services | queries (dnsperf, max rate) | qps | avg lat | lost % | server CPU run / wait % | qps per server CPU-s | socket drops server / client | response codes |"
     );
-    let _ = writeln!(out, "|---:|---|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(out, "|---:|---|---:|---:|---:|---:|---:|---:|---|");
     for row in rows {
         for (label, d) in [("mix", &row.mix), ("A of ClusterIP only", &row.a_only)] {
             let per_cpu = d.qps / d.server.run.max(1e-9);
             let _ = writeln!(
                 out,
-                "| {} | {label} | {:.0} | {:.3} ms | {:.2} | {} | {per_cpu:.0} | {} |",
+                "| {} | {label} | {:.0} | {:.3} ms | {:.2} | {} | {per_cpu:.0} | {} / {} | {} |",
                 row.size.services,
                 d.qps,
                 d.avg_latency_s * 1e3,
                 d.lost_percent,
                 share(d.server),
+                d.drops.server,
+                d.drops.clients,
                 d.rcodes
             );
         }
     }
     let _ = writeln!(
         out,
-        "\n| Services | latency client: target / achieved qps | sent | lost % | p50 | p99 | p99.9 | max | server CPU run / wait % | client CPU run / wait % |"
+        "\n| Services | latency client: target / achieved qps | sent | lost % | p50 | p99 | p99.9 | max | server CPU run / wait % | client CPU run / wait % | socket drops server / client |"
     );
-    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        out,
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     for row in rows {
         let l = &row.latency;
         let lost = 100.0 * (l.sent - l.received.min(l.sent)) as f64 / l.sent.max(1) as f64;
         let _ = writeln!(
             out,
-            "| {} | {:.0} / {:.0} | {} | {lost:.3} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {:.0} / {:.0} | {} | {lost:.3} | {} | {} | {} | {} | {} | {} | {} / {} |",
             row.size.services,
             l.target_qps,
             l.achieved_qps,
@@ -1072,7 +1084,9 @@ fn report(options: &Options, rows: &[Row]) -> String {
             ms(l.p999),
             ms(l.max),
             share(l.server),
-            share(l.client)
+            share(l.client),
+            l.drops.server,
+            l.drops.clients
         );
     }
     let _ = writeln!(
@@ -1211,6 +1225,44 @@ impl CpuSample {
         Ok(CpuShare {
             run: now.run_ns.saturating_sub(self.run_ns) as f64 / wall,
             wait: now.wait_ns.saturating_sub(self.wait_ns) as f64 / wall,
+        })
+    }
+}
+
+/// Datagrams the kernel dropped for full receive buffers (`/proc/net/udp`'s last column): at the
+/// server's socket, and at every other 127.0.0.1 socket (the clients').
+#[derive(Debug, Clone, Copy, Default)]
+struct Drops {
+    server: u64,
+    clients: u64,
+}
+
+impl Drops {
+    fn now(server_port: u16) -> Result<Drops> {
+        let table = std::fs::read_to_string("/proc/net/udp").context("reading /proc/net/udp")?;
+        let server = format!("0100007F:{server_port:04X}");
+        let mut drops = Drops::default();
+        for line in table.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(count)) = (fields.get(1), fields.last()) else {
+                continue;
+            };
+            let count: u64 = count.parse().unwrap_or(0);
+            if *local == server {
+                drops.server += count;
+            } else if local.starts_with("0100007F:") {
+                drops.clients += count;
+            }
+        }
+        Ok(drops)
+    }
+
+    /// Drops since `self` (sockets closed in between take their counts with them).
+    fn since(&self, server_port: u16) -> Result<Drops> {
+        let now = Drops::now(server_port)?;
+        Ok(Drops {
+            server: now.server.saturating_sub(self.server),
+            clients: now.clients.saturating_sub(self.clients),
         })
     }
 }
