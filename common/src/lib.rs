@@ -5,6 +5,7 @@
 //! them into immutable snapshots, and [`health`] serves health, readiness and metrics.
 
 pub mod catalog;
+pub mod config;
 pub mod convert;
 pub mod health;
 pub mod model;

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
 use clap::{Parser, ValueEnum};
 use prometheus_client::registry::Registry;
@@ -61,13 +61,13 @@ pub struct Args {
     #[arg(long, default_value_t = 5)]
     pub ttl: u32,
     /// After SIGTERM, keep answering this long while /ready fails.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = svcplane_common::config::parse_duration)]
     pub lameduck: Duration,
     /// UDP worker threads (default: one per CPU).
     #[arg(long)]
     pub udp_workers: Option<usize>,
     /// Close TCP connections idle this long.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = svcplane_common::config::parse_duration)]
     pub tcp_idle_timeout: Duration,
     /// Maximum concurrent TCP connections.
     #[arg(long, default_value_t = 1024)]
@@ -82,22 +82,6 @@ pub enum Pods {
     Disabled,
     Insecure,
     Verified,
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let (number, unit) = text.split_at(
-        text.find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len()),
-    );
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("bad duration {text:?}"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" | "" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("bad duration {text:?} (use ms, s or m)")),
-    }
 }
 
 /// A started server.
@@ -198,22 +182,14 @@ async fn start_source(
     if matches!(args.pods, Pods::Verified) {
         kinds.push(Kind::Pod);
     }
-    if !args.manifests.is_empty() {
-        for path in &args.manifests {
-            if !path.exists() {
-                bail!("--manifests {}: no such file or directory", path.display());
-            }
-        }
-        let paths = args.manifests.clone();
-        tokio::spawn(async move {
-            if let Err(e) = source::manifests::run(paths, tx, shutdown).await {
-                tracing::error!(error = %e, "manifests source stopped");
-            }
-        });
-        return Ok(());
-    }
-    let client = source::kube::client(args.kubeconfig.as_deref()).await?;
-    tokio::spawn(source::kube::run(client, kinds, tx, shutdown));
+    source::start(
+        &args.manifests,
+        args.kubeconfig.as_deref(),
+        kinds,
+        tx,
+        shutdown,
+    )
+    .await?;
     Ok(())
 }
 

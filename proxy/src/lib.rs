@@ -2,8 +2,16 @@
 //!
 //! The pipeline is visible in the modules: the catalog (from `svcplane-common`) →
 //! [`endpoints`] (which endpoints each frontend may use: readiness, terminating fallback,
-//! traffic policies, topology) → the desired ruleset (pure data) → the executor that brings the
-//! kernel to it.
+//! traffic policies, topology) → [`desired`] (the ruleset as data, per Service) → [`plan`] (the
+//! transaction from what is programmed to what is desired) → [`executor`] (nft) — driven by
+//! [`sync`].
 
+pub mod app;
+pub mod conntrack;
+pub mod desired;
 pub mod endpoints;
+pub mod executor;
 pub mod healthcheck;
+pub mod plan;
+pub mod ruleset;
+pub mod sync;

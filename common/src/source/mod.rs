@@ -30,3 +30,40 @@ pub enum SourceEvent {
 
 /// The sending half consumers give to a source.
 pub type EventSender = tokio::sync::mpsc::Sender<SourceEvent>;
+
+/// Errors starting a source.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A `--manifests` path does not exist.
+    #[error("--manifests {0}: no such file or directory")]
+    MissingPath(std::path::PathBuf),
+    /// The Kubernetes client could not be configured.
+    #[error(transparent)]
+    Kube(#[from] kube::KubeSourceError),
+}
+
+/// Starts the source the flags ask for: manifests when `manifests` is not empty, else the
+/// Kubernetes API (watching `kinds`). Events go to `tx` until `shutdown`.
+pub async fn start(
+    manifests: &[std::path::PathBuf],
+    kubeconfig: Option<&std::path::Path>,
+    kinds: Vec<Kind>,
+    tx: EventSender,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<(), StartError> {
+    if !manifests.is_empty() {
+        if let Some(missing) = manifests.iter().find(|p| !p.exists()) {
+            return Err(StartError::MissingPath(missing.clone()));
+        }
+        let paths = manifests.to_vec();
+        tokio::spawn(async move {
+            if let Err(e) = manifests::run(paths, tx, shutdown).await {
+                tracing::error!(error = %e, "manifests source stopped");
+            }
+        });
+        return Ok(());
+    }
+    let client = kube::client(kubeconfig).await?;
+    tokio::spawn(kube::run(client, kinds, tx, shutdown));
+    Ok(())
+}

@@ -186,11 +186,10 @@ fn bench_size(options: &Options, size: Size, server_bin: &Path) -> Result<Row> {
         CpuSample::of(server.pid())?,
         CpuSample::of(std::process::id())?,
     );
-    let drops = Drops::now(server.dns.port())?;
     let mut latency = fixed_rate(server.dns, &mix, half, Duration::from_secs(secs))?;
     latency.server = server_before.share_since(server.pid())?;
     latency.client = client_before.share_since(std::process::id())?;
-    latency.drops = drops.since(server.dns.port())?;
+    print_stalls(&latency.stalls);
     let loaded = server.memory()?;
     server.check_alive()?;
     let reload = full_reload(&mut catalog, &work.manifests, &server)?;
@@ -788,13 +787,19 @@ struct Latency {
     server: CpuShare,
     /// This process (the client) on CPU 0: its wait share says how much others disturbed it.
     client: CpuShare,
+    send_errors: u64,
     drops: Drops,
+    stalls: Vec<Stall>,
 }
 
+/// Client sockets of [`fixed_rate`]: each has its own receive buffer and ID space, so a client
+/// descheduled for a few milliseconds does not overflow one small default buffer.
+const CLIENT_SOCKETS: usize = 8;
+
 /// Sends `queries` round-robin at `rate` per second for `duration` from one busy-polling thread
-/// (no wake-up latency of its own), and records each response's latency from its actual send
-/// time. Queries are matched by ID; a response arriving after its ID was reused (65,536 queries
-/// later) is not counted.
+/// (no wake-up latency of its own) over [`CLIENT_SOCKETS`] sockets, and records each response's
+/// latency from its actual send time. Queries are matched by socket and ID; a response arriving
+/// after its ID was reused (524,288 queries later) is not counted.
 fn fixed_rate(
     dns: SocketAddr,
     queries: &[Query],
@@ -802,15 +807,21 @@ fn fixed_rate(
     duration: Duration,
 ) -> Result<Latency> {
     ensure!(!queries.is_empty(), "no queries");
-    let socket = UdpSocket::bind("127.0.0.1:0")?;
-    socket.connect(dns)?;
-    socket.set_nonblocking(true)?;
+    let sockets = (0..CLIENT_SOCKETS)
+        .map(|_| {
+            let socket = UdpSocket::bind("127.0.0.1:0")?;
+            socket.connect(dns)?;
+            socket.set_nonblocking(true)?;
+            Ok(socket)
+        })
+        .collect::<Result<Vec<_>>>()?;
     let mut packets: Vec<Vec<u8>> = queries
         .iter()
         .map(|q| encode_query(&q.name, q.qtype, 0))
         .collect();
     let total = (rate * duration.as_secs_f64()) as u64;
     let interval_ns = 1e9 / rate;
+    let drops = Drops::now(dns.port())?;
     let mut state = Flight::new(total as usize);
     let start = Instant::now();
     let give_up = duration + Duration::from_secs(2);
@@ -818,13 +829,17 @@ fn fixed_rate(
         let now = start.elapsed();
         while state.sent < total && (state.sent as f64 * interval_ns) as u128 <= now.as_nanos() {
             let packet = &mut packets[(state.sent % queries.len() as u64) as usize];
-            state.send(&socket, packet, start)?;
+            state.send(&sockets, packet, start)?;
         }
-        state.receive(&socket, start)?;
+        for (index, socket) in sockets.iter().enumerate() {
+            state.receive(index, socket, start)?;
+        }
         if now > give_up {
             break;
         }
     }
+    // Before the sockets close: their drop counts go with them.
+    state.drops = drops.since(dns.port())?;
     let elapsed = start
         .elapsed()
         .min(duration + Duration::from_millis(1))
@@ -834,40 +849,51 @@ fn fixed_rate(
 
 /// Queries in flight and latencies seen by [`fixed_rate`].
 struct Flight {
-    /// Send time (ns since start, +1; 0 = none outstanding) per query ID.
+    /// Send time (ns since start, +1; 0 = none outstanding) per socket and query ID.
     sent_at: Vec<u64>,
     latencies: Vec<u64>,
+    /// (send time, latency) in ns of the responses slower than [`SLOW`].
+    slow: Vec<(u64, u64)>,
     sent: u64,
     received: u64,
+    /// Sends refused with EAGAIN (the query is lost).
+    send_errors: u64,
+    drops: Drops,
     buf: [u8; 1500],
 }
 
 impl Flight {
     fn new(expected: usize) -> Flight {
         Flight {
-            sent_at: vec![0; 65536],
+            sent_at: vec![0; CLIENT_SOCKETS << 16],
             latencies: Vec::with_capacity(expected),
+            slow: Vec::new(),
             sent: 0,
             received: 0,
+            send_errors: 0,
+            drops: Drops::default(),
             buf: [0; 1500],
         }
     }
 
-    fn send(&mut self, socket: &UdpSocket, packet: &mut [u8], start: Instant) -> Result<()> {
-        let id = (self.sent & 0xffff) as u16;
+    fn send(&mut self, sockets: &[UdpSocket], packet: &mut [u8], start: Instant) -> Result<()> {
+        let index = (self.sent % sockets.len() as u64) as usize;
+        let id = ((self.sent / sockets.len() as u64) & 0xffff) as u16;
         packet[..2].copy_from_slice(&id.to_be_bytes());
-        self.sent_at[usize::from(id)] = start.elapsed().as_nanos() as u64 + 1;
+        self.sent_at[index << 16 | usize::from(id)] = start.elapsed().as_nanos() as u64 + 1;
         self.sent += 1;
-        match socket.send(packet) {
+        match sockets[index].send(packet) {
             Ok(_) => Ok(()),
-            // A full socket buffer loses the query; it counts as lost.
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.send_errors += 1;
+                Ok(())
+            }
             Err(e) => Err(e.into()),
         }
     }
 
-    /// Reads every response waiting on the socket.
-    fn receive(&mut self, socket: &UdpSocket, start: Instant) -> Result<()> {
+    /// Reads every response waiting on socket `index`.
+    fn receive(&mut self, index: usize, socket: &UdpSocket, start: Instant) -> Result<()> {
         loop {
             let n = match socket.recv(&mut self.buf) {
                 Ok(n) => n,
@@ -882,9 +908,13 @@ impl Flight {
                 continue;
             }
             let id = usize::from(u16::from_be_bytes([self.buf[0], self.buf[1]]));
-            let sent = std::mem::take(&mut self.sent_at[id]);
+            let sent = std::mem::take(&mut self.sent_at[index << 16 | id]);
             if sent > 0 {
-                self.latencies.push(now - (sent - 1));
+                let latency = now - (sent - 1);
+                self.latencies.push(latency);
+                if latency > SLOW.as_nanos() as u64 {
+                    self.slow.push((sent - 1, latency));
+                }
                 self.received += 1;
             }
         }
@@ -911,9 +941,56 @@ impl Flight {
             max: at(1.0),
             server: CpuShare::default(),
             client: CpuShare::default(),
-            drops: Drops::default(),
+            send_errors: self.send_errors,
+            drops: self.drops,
+            stalls: stalls(&self.slow),
         }
     }
+}
+
+fn print_stalls(stalls: &[Stall]) {
+    let list: Vec<String> = stalls
+        .iter()
+        .take(40)
+        .map(|s| format!("{:.3}s:{}ms", s.at.as_secs_f64(), ms(s.worst)))
+        .collect();
+    eprintln!(
+        "stalls (responses > {SLOW:?}; send time: worst latency): {} {}",
+        stalls.len(),
+        list.join(" ")
+    );
+}
+
+/// A response slower than this is part of a stall.
+const SLOW: Duration = Duration::from_millis(1);
+
+/// A stretch of slow responses: queries sent within 50 ms of each other that all took more than
+/// [`SLOW`] (a server descheduled, or busy with something else).
+#[derive(Debug, Clone, Copy)]
+struct Stall {
+    /// Send time of the first slow query, since the start of the run.
+    at: Duration,
+    worst: Duration,
+}
+
+fn stalls(slow: &[(u64, u64)]) -> Vec<Stall> {
+    const JOIN_NS: u64 = 50_000_000;
+    let mut sorted = slow.to_vec();
+    sorted.sort_unstable();
+    let mut out: Vec<Stall> = Vec::new();
+    let mut last_ns = 0;
+    for (sent, latency) in sorted {
+        let latency = Duration::from_nanos(latency);
+        match out.last_mut() {
+            Some(stall) if sent - last_ns <= JOIN_NS => stall.worst = stall.worst.max(latency),
+            _ => out.push(Stall {
+                at: Duration::from_nanos(sent),
+                worst: latency,
+            }),
+        }
+        last_ns = sent;
+    }
+    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1039,6 +1116,15 @@ fn report(options: &Options, rows: &[Row]) -> String {
         let _ = writeln!(out, "{}", main_row(row));
     }
     let _ = writeln!(out, "\n{TARGETS}\n");
+    let wait = rows.iter().map(worst_wait).fold(0.0, f64::max);
+    if wait > 0.05 {
+        let _ = writeln!(
+            out,
+            "**CPU contention**: a measured process waited up to {:.0}% of the time for its core \
+(other work on the machine); treat rates as lower bounds and tails as upper bounds.\n",
+            wait * 100.0
+        );
+    }
     let _ = writeln!(
         out,
         "| Services | queries (dnsperf, max rate) | qps | avg lat | lost % | server CPU run / wait % | qps per server CPU-s | socket drops server / client | response codes |"
@@ -1063,18 +1149,18 @@ fn report(options: &Options, rows: &[Row]) -> String {
     }
     let _ = writeln!(
         out,
-        "\n| Services | latency client: target / achieved qps | sent | lost % | p50 | p99 | p99.9 | max | server CPU run / wait % | client CPU run / wait % | socket drops server / client |"
+        "\n| Services | latency client: target / achieved qps | sent | lost % | p50 | p99 | p99.9 | max | server CPU run / wait % | client CPU run / wait % | socket drops server / client, EAGAIN | stalls > 1 ms: count, worst |"
     );
     let _ = writeln!(
         out,
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for row in rows {
         let l = &row.latency;
         let lost = 100.0 * (l.sent - l.received.min(l.sent)) as f64 / l.sent.max(1) as f64;
         let _ = writeln!(
             out,
-            "| {} | {:.0} / {:.0} | {} | {lost:.3} | {} | {} | {} | {} | {} | {} | {} / {} |",
+            "| {} | {:.0} / {:.0} | {} | {lost:.3} | {} | {} | {} | {} | {} | {} | {} / {}, {} | {}, {} ms |",
             row.size.services,
             l.target_qps,
             l.achieved_qps,
@@ -1086,7 +1172,10 @@ fn report(options: &Options, rows: &[Row]) -> String {
             share(l.server),
             share(l.client),
             l.drops.server,
-            l.drops.clients
+            l.drops.clients,
+            l.send_errors,
+            l.stalls.len(),
+            ms(l.stalls.iter().map(|s| s.worst).max().unwrap_or_default())
         );
     }
     let _ = writeln!(
@@ -1154,6 +1243,18 @@ fn main_row(row: &Row) -> String {
         percentile_ms(&file, 0.99),
         server,
     )
+}
+
+/// The largest run-queue wait share of the server or the latency client during the load runs.
+fn worst_wait(row: &Row) -> f64 {
+    [
+        row.mix.server.wait,
+        row.a_only.server.wait,
+        row.latency.server.wait,
+        row.latency.client.wait,
+    ]
+    .into_iter()
+    .fold(0.0, f64::max)
 }
 
 fn share(s: CpuShare) -> String {

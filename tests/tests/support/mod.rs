@@ -225,7 +225,7 @@ impl Stack {
                 "{name} {rtype} never reached the expected answer; last:\n{}",
                 describe(&response)
             );
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
 }
@@ -432,6 +432,16 @@ pub fn assert_nodata(m: &Message) {
     assert_negative(m, ResponseCode::NoError);
 }
 
+/// A name the cluster does not claim (e.g. the PTR name of an address no Service uses) goes
+/// to the upstream, which for [`Stack`] is 127.0.0.1:9 where nothing answers: SERVFAIL,
+/// without answers or AA.
+pub fn assert_forwarded(m: &Message) {
+    let ctx = describe(m);
+    assert_eq!(m.response_code, ResponseCode::ServFail, "{ctx}");
+    assert!(!m.authoritative, "{ctx}");
+    assert!(m.answers.is_empty(), "{ctx}");
+}
+
 // ------------------------------------------------------------------------------------------
 // Logs
 // ------------------------------------------------------------------------------------------
@@ -471,7 +481,11 @@ impl tracing::Subscriber for Capture {
     fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
 
     fn event(&self, event: &tracing::Event<'_>) {
-        let mut line = format!("{} {}:", event.metadata().level(), event.metadata().target());
+        let mut line = format!(
+            "{} {}:",
+            event.metadata().level(),
+            event.metadata().target()
+        );
         event.record(&mut Fields(&mut line));
         eprintln!("{line}");
         LOGS.lock().unwrap_or_else(|e| e.into_inner()).push(line);

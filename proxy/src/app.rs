@@ -1,0 +1,262 @@
+//! Wiring of svcplane-proxy: flags, the catalog source, the sync engine, the health-check
+//! servers and the health/metrics server; plus the `render` and `cleanup` subcommands.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use prometheus_client::registry::Registry;
+use svcplane_common::catalog::{self, Catalog};
+use svcplane_common::config::{parse_duration, parse_prefix};
+use svcplane_common::health::Health;
+use svcplane_common::model::{IpPrefix, Kind};
+use svcplane_common::source;
+use tokio_util::sync::CancellationToken;
+
+use crate::desired::{NodePortAddresses, ProxyConfig};
+use crate::endpoints::NodeInfo;
+use crate::executor::Nft;
+use crate::healthcheck::{HealthServers, ServiceHealth};
+use crate::plan::Programmed;
+use crate::ruleset::NftFamily;
+use crate::sync::{self, SyncMetrics, Syncer};
+
+/// A Kubernetes service proxy programming nftables with kube-proxy's semantics.
+#[derive(Debug, Parser)]
+#[command(name = "svcplane-proxy", version)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Serve objects from Kubernetes YAML/JSON files or directories instead of the API.
+    #[arg(long, value_name = "PATH", global = true)]
+    pub manifests: Vec<PathBuf>,
+    /// kubeconfig for the API source (default: $KUBECONFIG, else in-cluster).
+    #[arg(long, value_name = "PATH", global = true)]
+    pub kubeconfig: Option<PathBuf>,
+    /// This node's name (endpoint locality, topology); default: the hostname.
+    #[arg(long, global = true)]
+    pub node_name: Option<String>,
+    /// Pod CIDRs: traffic from them to a ClusterIP is not masqueraded.
+    #[arg(long, value_parser = parse_prefix, global = true)]
+    pub cluster_cidr: Vec<IpPrefix>,
+    /// Service CIDRs: unallocated addresses in them are dropped.
+    #[arg(long, value_parser = parse_prefix, global = true)]
+    pub service_cidr: Vec<IpPrefix>,
+    /// Addresses accepting NodePorts: `primary` (the node's IPs), `all`, or CIDRs separated by
+    /// commas.
+    #[arg(long, default_value = "primary", global = true)]
+    pub nodeport_addresses: String,
+    /// Masquerade all traffic sent to ClusterIPs.
+    #[arg(long, global = true)]
+    pub masquerade_all: bool,
+    /// At most one sync per period.
+    #[arg(long, default_value = "1s", value_parser = parse_duration, global = true)]
+    pub min_sync_period: Duration,
+    /// How often the kernel's tables are checked against what was programmed.
+    #[arg(long, default_value = "60s", value_parser = parse_duration, global = true)]
+    pub verify_period: Duration,
+    /// GET /healthz, /livez (200 once the first sync is programmed).
+    #[arg(long, default_value = "0.0.0.0:10256", global = true)]
+    pub health_addr: SocketAddr,
+    /// GET /metrics.
+    #[arg(long, default_value = "127.0.0.1:10249", global = true)]
+    pub metrics_addr: SocketAddr,
+    /// The packet-filter backend.
+    #[arg(long, value_enum, default_value = "nftables", global = true)]
+    pub backend: Backend,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Backend {
+    Nftables,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the ruleset that would be programmed for the catalog (no root needed).
+    Render,
+    /// Remove everything svcplane-proxy programmed.
+    Cleanup,
+}
+
+impl Args {
+    /// The node-wide settings the flags describe.
+    pub fn proxy_config(&self) -> Result<ProxyConfig> {
+        let name = match &self.node_name {
+            Some(n) => n.clone(),
+            None => hostname(),
+        };
+        let nodeport_addresses = match self.nodeport_addresses.as_str() {
+            "primary" => NodePortAddresses::Primary,
+            "all" => NodePortAddresses::All,
+            list => NodePortAddresses::Prefixes(
+                list.split(',')
+                    .map(|p| parse_prefix(p.trim()))
+                    .collect::<Result<_, _>>()
+                    .map_err(anyhow::Error::msg)
+                    .context("--nodeport-addresses")?,
+            ),
+        };
+        Ok(ProxyConfig {
+            node: NodeInfo::new(&name, None),
+            cluster_cidrs: self.cluster_cidr.clone(),
+            service_cidrs: self.service_cidr.clone(),
+            nodeport_addresses,
+            masquerade_all: self.masquerade_all,
+        })
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The kinds the proxy watches.
+const KINDS: [Kind; 3] = [Kind::Service, Kind::EndpointSlice, Kind::Node];
+
+async fn start_catalog(args: &Args, shutdown: &CancellationToken) -> Result<Catalog> {
+    let (catalog, publisher) = catalog::new();
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    tokio::spawn(catalog::run(rx, publisher));
+    source::start(
+        &args.manifests,
+        args.kubeconfig.as_deref(),
+        KINDS.to_vec(),
+        tx,
+        shutdown.clone(),
+    )
+    .await?;
+    Ok(catalog)
+}
+
+/// `render`: the full scripts for the catalog once it is synced.
+pub async fn render(args: &Args) -> Result<String> {
+    let config = args.proxy_config()?;
+    let shutdown = CancellationToken::new();
+    let catalog = start_catalog(args, &shutdown).await?;
+    let mut generations = catalog.subscribe();
+    let snapshot = loop {
+        let s = catalog.load();
+        if s.synced {
+            break s;
+        }
+        tokio::time::timeout(Duration::from_secs(30), generations.changed())
+            .await
+            .context("waiting for the catalog to sync")??;
+    };
+    shutdown.cancel();
+    let config = config.resolve(&snapshot);
+    let mut out = String::new();
+    for f in [NftFamily::Ip, NftFamily::Ip6] {
+        let base = crate::desired::base_table(&config, f);
+        let contributions = snapshot
+            .services
+            .iter()
+            .map(|(key, service)| {
+                let eps = snapshot.endpoints.get(key).map(|e| &e[..]).unwrap_or(&[]);
+                let c = crate::desired::service::contribution(service, eps, &config, f);
+                (key.clone(), std::sync::Arc::new(c))
+            })
+            .collect();
+        out.push_str(&Programmed::full(base, contributions).1);
+    }
+    Ok(out)
+}
+
+/// `cleanup`: delete svcplane's tables.
+pub async fn cleanup() -> Result<()> {
+    Nft::default()
+        .delete_tables()
+        .await
+        .context("deleting svcplane's tables")
+}
+
+/// A running proxy.
+#[derive(Debug)]
+pub struct Running {
+    pub health_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub health: Health,
+    pub shutdown: CancellationToken,
+}
+
+/// Starts the proxy on the current runtime.
+pub async fn start(args: Args) -> Result<Running> {
+    if args.backend != Backend::Nftables {
+        bail!("--backend {:?} is not available", args.backend);
+    }
+    let config = args.proxy_config()?;
+    let shutdown = CancellationToken::new();
+    let catalog = start_catalog(&args, &shutdown).await?;
+    let mut registry = Registry::default();
+    let metrics = SyncMetrics::default();
+    metrics.register(&mut registry);
+    let health = Health::new(registry);
+    health.set_live(false);
+    let syncer = Syncer::new(
+        config,
+        vec![NftFamily::Ip, NftFamily::Ip6],
+        Nft::default(),
+        metrics,
+    );
+    let programmed = health.clone();
+    let mut hc = HealthServers::new(vec![]);
+    let (hc_tx, mut hc_rx) = tokio::sync::watch::channel(HashMap::new());
+    tokio::spawn(async move {
+        while hc_rx.changed().await.is_ok() {
+            let desired = hc_rx.borrow_and_update().clone();
+            for e in hc.sync(desired).await {
+                tracing::warn!(error = %e, "health-check server");
+            }
+        }
+    });
+    tokio::spawn(sync::run(
+        catalog,
+        syncer,
+        args.min_sync_period,
+        args.verify_period,
+        shutdown.clone(),
+        move |s: &Syncer| {
+            programmed.set_live(true);
+            programmed.set_ready(true);
+            let desired: HashMap<u16, ServiceHealth> = s
+                .health_checks()
+                .into_iter()
+                .map(|(port, (key, n))| (port, ServiceHealth::new(&key.namespace, &key.name, n)))
+                .collect();
+            let _ = hc_tx.send(desired);
+        },
+    ));
+    let health_addr = serve_health(&health, "--health-addr", args.health_addr, &shutdown).await?;
+    let metrics_addr = if args.metrics_addr == args.health_addr {
+        health_addr
+    } else {
+        serve_health(&health, "--metrics-addr", args.metrics_addr, &shutdown).await?
+    };
+    Ok(Running {
+        health_addr,
+        metrics_addr,
+        health,
+        shutdown,
+    })
+}
+
+async fn serve_health(
+    health: &Health,
+    flag: &str,
+    addr: SocketAddr,
+    shutdown: &CancellationToken,
+) -> Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{flag} {addr}: binding"))?;
+    let bound = listener.local_addr()?;
+    let (health, shutdown) = (health.clone(), shutdown.clone());
+    tokio::spawn(async move { health.serve(listener, shutdown).await });
+    Ok(bound)
+}

@@ -1,0 +1,315 @@
+//! What one Service adds to a family's table: map elements for each of its frontends, and for
+//! ClientIP affinity the chains and sets of its own.
+//!
+//! Frontends are kube-proxy's: each ClusterIP (`internalTrafficPolicy` decides the backends),
+//! each external IP and load-balancer ingress IP (skipping `ipMode: Proxy`;
+//! `externalTrafficPolicy` decides), and the NodePort. A frontend with backends dispatches to
+//! them; one without gets an entry in `no-endpoints` — REJECT when the Service has no usable
+//! endpoint at all, DROP when a Local policy leaves this node without one.
+
+use std::collections::BTreeSet;
+
+use svcplane_common::model::{
+    Family, IpMode, MergedEndpoint, Protocol, Service, ServicePort, ServiceType,
+};
+
+use super::{ProxyConfig, Shared, addr, model_family};
+use crate::endpoints::{self, Backend, PortEndpoints};
+use crate::ruleset::{Chain, NftFamily, Set, safe_fragment, short_hash};
+
+/// Everything one Service adds to one family's table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Contribution {
+    /// (set or map name, element).
+    pub elements: BTreeSet<(String, String)>,
+    /// Chains only this Service uses (ClientIP affinity).
+    pub chains: Vec<(String, Chain)>,
+    /// Sets only this Service uses (ClientIP affinity).
+    pub sets: Vec<(String, Set)>,
+    /// Shared per-backend-count objects its elements point at.
+    pub needs: BTreeSet<Shared>,
+    /// `healthCheckNodePort` and the number of ready node-local endpoints (eTP Local).
+    pub health: Option<(u16, usize)>,
+}
+
+/// Whether svcplane-proxy handles this Service at all.
+pub fn proxied(s: &Service) -> bool {
+    !(s.headless
+        || s.headless_label
+        || s.proxy_name.is_some()
+        || s.service_type == ServiceType::ExternalName)
+}
+
+/// The contribution of `service` with its merged endpoints to the table of family `f`.
+pub fn contribution(
+    service: &Service,
+    endpoints: &[MergedEndpoint],
+    config: &ProxyConfig,
+    f: NftFamily,
+) -> Contribution {
+    let mut c = Contribution::default();
+    let family = model_family(f);
+    if !proxied(service) {
+        return c;
+    }
+    let cluster_ips: Vec<_> = service
+        .cluster_ips
+        .iter()
+        .filter(|ip| Family::of(ip) == family)
+        .collect();
+    if cluster_ips.is_empty() {
+        return c;
+    }
+    for ip in &cluster_ips {
+        c.elements.insert(("cluster-ips".into(), addr(ip)));
+    }
+    let mut local_ready = 0;
+    for port in &service.ports {
+        let sel = endpoints::select(service, port, endpoints, family, &config.node);
+        local_ready = local_ready.max(sel.local_ready);
+        let mut b = Builder {
+            c: &mut c,
+            service,
+            port,
+            sel: &sel,
+            f,
+        };
+        for ip in &cluster_ips {
+            b.cluster_ip(&addr(ip));
+        }
+        for ip in external_addresses(service, family) {
+            b.external(&ip);
+        }
+        if let Some(node_port) = port.node_port.filter(|_| has_node_ports(service)) {
+            b.node_port(node_port);
+        }
+        b.hairpin();
+    }
+    if let Some(hc) = service
+        .health_check_node_port
+        .filter(|_| external_local(service))
+    {
+        c.health = Some((hc, local_ready));
+    }
+    c
+}
+
+fn has_node_ports(s: &Service) -> bool {
+    matches!(
+        s.service_type,
+        ServiceType::NodePort | ServiceType::LoadBalancer
+    )
+}
+
+/// externalTrafficPolicy only applies to Services with external frontends.
+fn external_local(s: &Service) -> bool {
+    s.external_traffic_policy == svcplane_common::model::TrafficPolicy::Local
+        && (has_node_ports(s) || !s.external_ips.is_empty())
+}
+
+/// External IPs and VIP-mode load-balancer ingress IPs of one family, with whether they are LB
+/// addresses (source ranges apply only to those).
+fn external_addresses(s: &Service, family: Family) -> Vec<(String, bool)> {
+    let external = s.external_ips.iter().map(|ip| (ip, false));
+    let lb = s
+        .lb_ingress
+        .iter()
+        .filter(|i| i.ip_mode == IpMode::Vip && s.service_type == ServiceType::LoadBalancer)
+        .map(|i| (&i.ip, true));
+    external
+        .chain(lb)
+        .filter(|(ip, _)| Family::of(ip) == family)
+        .map(|(ip, is_lb)| (addr(ip), is_lb))
+        .collect()
+}
+
+fn proto(p: Protocol) -> &'static str {
+    p.as_lower()
+}
+
+/// Builds the elements of one Service port.
+struct Builder<'a> {
+    c: &'a mut Contribution,
+    service: &'a Service,
+    port: &'a ServicePort,
+    sel: &'a PortEndpoints,
+    f: NftFamily,
+}
+
+impl Builder<'_> {
+    fn key(&self, ip: &str) -> String {
+        format!("{ip} . {} . {}", proto(self.port.protocol), self.port.port)
+    }
+
+    fn add(&mut self, set: &str, element: String) {
+        self.c.elements.insert((set.to_string(), element));
+    }
+
+    /// The verdict for a frontend whose traffic has no backend here.
+    fn missing(&self) -> &'static str {
+        if self.sel.has_any {
+            "drop"
+        } else {
+            "goto reject-chain"
+        }
+    }
+
+    fn cluster_ip(&mut self, ip: &str) {
+        let key = self.key(ip);
+        let backends = if self.sel.internal_policy_local {
+            &self.sel.local
+        } else {
+            &self.sel.cluster
+        };
+        if backends.is_empty() {
+            let verdict = self.missing();
+            self.add("no-endpoints", format!("{key} : {verdict}"));
+            return;
+        }
+        let verdict = self.dispatch(&key, backends, Shared::Eps(backends.len()));
+        self.add("fe", format!("{key} : {verdict}"));
+    }
+
+    fn external(&mut self, (ip, is_lb): &(String, bool)) {
+        let key = self.key(ip);
+        if *is_lb && !self.service.lb_source_ranges.is_empty() {
+            self.add("fw", key.clone());
+            let family = model_family(self.f);
+            for r in self
+                .service
+                .lb_source_ranges
+                .iter()
+                .filter(|r| Family::of(&r.addr) == family)
+            {
+                self.add("fw-allow", format!("{key} . {}/{}", r.addr, r.len));
+            }
+        }
+        self.frontend(
+            &key,
+            ["fe", "fe-pod", "masq-fe", "local-fe", "no-endpoints"],
+            Shared::Eps,
+            Shared::Epx,
+        );
+    }
+
+    fn node_port(&mut self, node_port: u16) {
+        let key = format!("{} . {node_port}", proto(self.port.protocol));
+        self.frontend(
+            &key,
+            ["np", "np-pod", "masq-np", "local-np", "no-endpoints-np"],
+            Shared::NpEps,
+            Shared::NpEpx,
+        );
+    }
+
+    /// An external frontend (external IP, LB IP or NodePort): sets named in `names` are
+    /// (dispatch, pod dispatch, masquerade, local-masquerade, no-endpoints).
+    fn frontend(
+        &mut self,
+        key: &str,
+        names: [&str; 5],
+        main: fn(usize) -> Shared,
+        pod: fn(usize) -> Shared,
+    ) {
+        let [fe, fe_pod, masq, local_masq, none] = names;
+        let local = self.sel.external_policy_local;
+        let backends = if local {
+            &self.sel.local
+        } else {
+            &self.sel.cluster
+        };
+        if backends.is_empty() {
+            let verdict = self.missing();
+            self.add(none, format!("{key} : {verdict}"));
+        } else {
+            let verdict = self.dispatch(key, backends, main(backends.len()));
+            self.add(fe, format!("{key} : {verdict}"));
+            let mark_set = if local { local_masq } else { masq };
+            self.add(mark_set, key.to_string());
+        }
+        // Pods reaching an eTP-Local frontend use every endpoint (kube-proxy's short-circuit),
+        // and are never dropped for lack of a local one.
+        if local && !self.sel.cluster.is_empty() {
+            let cluster = &self.sel.cluster;
+            let verdict = self.dispatch(key, cluster, pod(cluster.len()));
+            self.add(fe_pod, format!("{key} : {verdict}"));
+        }
+    }
+
+    /// Elements for a frontend's backends; returns the verdict that reaches them.
+    fn dispatch(&mut self, key: &str, backends: &[Backend], shared: Shared) -> String {
+        if let Some(timeout) = self.service.affinity_timeout {
+            return self.affinity(key, backends, timeout);
+        }
+        let (chain, map) = shared.names();
+        for (i, b) in backends.iter().enumerate() {
+            let element = format!("{key} . {i} : {} . {}", addr(&b.ip), b.port);
+            self.c.elements.insert((map.clone(), element));
+        }
+        self.c.needs.insert(shared);
+        format!("goto {chain}")
+    }
+
+    /// ClientIP affinity: a chain per frontend that first sends clients seen within the timeout
+    /// to the backend they used, then picks at random and remembers the client in that backend's
+    /// set (kube-proxy's layout; only affinity Services pay for chains).
+    fn affinity(&mut self, key: &str, backends: &[Backend], timeout: u32) -> String {
+        let l3 = self.f.l3();
+        let base = format!(
+            "aff-{}-{}",
+            safe_fragment(&self.service.key.name, 12),
+            short_hash(&format!(
+                "{}/{}/{key}",
+                self.service.key.namespace, self.service.key.name
+            ))
+        );
+        let mut pick = Vec::new();
+        let mut remembered = Vec::new();
+        for (i, b) in backends.iter().enumerate() {
+            let (set, target) = (format!("{base}-{i}"), format!("{base}-e{i}"));
+            let to = match b.ip {
+                std::net::IpAddr::V4(v4) => format!("{v4}:{}", b.port),
+                std::net::IpAddr::V6(v6) => format!("[{v6}]:{}", b.port),
+            };
+            self.c.sets.push((
+                set.clone(),
+                Set::set(&[
+                    &format!("typeof {l3} saddr"),
+                    &format!("flags dynamic,timeout"),
+                    &format!("timeout {timeout}s"),
+                ]),
+            ));
+            self.c.chains.push((
+                target.clone(),
+                Chain {
+                    base: None,
+                    rules: vec![
+                        format!("update @{set} {{ {l3} saddr }}"),
+                        format!("dnat {l3} to {to}"),
+                    ],
+                },
+            ));
+            remembered.push(format!("{l3} saddr @{set} goto {target}"));
+            pick.push(format!("{i} : goto {target}"));
+        }
+        let mut rules = remembered;
+        rules.push(format!(
+            "numgen random mod {} vmap {{ {} }}",
+            backends.len(),
+            pick.join(", ")
+        ));
+        self.c
+            .chains
+            .push((base.clone(), Chain { base: None, rules }));
+        format!("goto {base}")
+    }
+
+    /// Every backend may reach itself through the Service: masquerade that (hairpin).
+    fn hairpin(&mut self) {
+        let all = self.sel.cluster.iter().chain(self.sel.local.iter());
+        let pairs: Vec<String> = all.map(|b| format!("{0} . {0}", addr(&b.ip))).collect();
+        for p in pairs {
+            self.c.elements.insert(("hairpin".into(), p));
+        }
+    }
+}

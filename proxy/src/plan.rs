@@ -1,0 +1,228 @@
+//! What is programmed, and the nft transaction that moves it to what is desired.
+//!
+//! [`Programmed`] remembers, per family, the base table and every Service's contribution as last
+//! written to the kernel. [`Programmed::full`] renders an atomic replacement of the whole table
+//! (start, restart, after a failure or a verification mismatch); [`Programmed::update`] renders
+//! only the difference for the Services that changed — element deletes and adds, and the
+//! affinity chains of those Services — so a sync costs O(change). Both are pure; the executor
+//! runs the scripts.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt::Write;
+use std::sync::Arc;
+
+use svcplane_common::model::ObjectKey;
+
+use crate::desired::Shared;
+use crate::desired::service::Contribution;
+use crate::ruleset::{Chain, Set, Table, write_elements};
+
+/// The programmed state of one family.
+#[derive(Debug, Clone)]
+pub struct Programmed {
+    pub base: Table,
+    pub contributions: HashMap<ObjectKey, Arc<Contribution>>,
+    /// Shared per-backend-count objects that exist in the kernel.
+    pub shared: BTreeSet<Shared>,
+}
+
+impl Programmed {
+    /// The whole table for `base` plus `contributions`, and the script that installs it.
+    pub fn full(
+        base: Table,
+        contributions: HashMap<ObjectKey, Arc<Contribution>>,
+    ) -> (Programmed, String) {
+        let mut table = base.clone();
+        let mut shared = BTreeSet::new();
+        for c in contributions.values() {
+            shared.extend(c.needs.iter().copied());
+            for (name, chain) in &c.chains {
+                table.chains.insert(name.clone(), chain.clone());
+            }
+            for (name, set) in &c.sets {
+                table.sets.insert(name.clone(), set.clone());
+            }
+        }
+        for s in &shared {
+            let ((chain_name, chain), (map_name, map)) = s.objects(base.family);
+            table.chains.insert(chain_name, chain);
+            table.sets.insert(map_name, map);
+        }
+        for c in contributions.values() {
+            for (set, element) in &c.elements {
+                if let Some(s) = table.sets.get_mut(set) {
+                    s.elements.insert(element.clone());
+                }
+            }
+        }
+        let script = table.replace_script();
+        (
+            Programmed {
+                base,
+                contributions,
+                shared,
+            },
+            script,
+        )
+    }
+
+    /// The script that moves the kernel from `self` to `self` with `changes` applied (a None
+    /// contribution removes the Service); `self` is updated to match. Returns None when nothing
+    /// changes.
+    pub fn update(
+        &mut self,
+        changes: Vec<(ObjectKey, Option<Arc<Contribution>>)>,
+    ) -> Option<String> {
+        let q = self.base.qualified();
+        let mut script = Script::default();
+        for (key, new) in changes {
+            let empty = Arc::new(Contribution::default());
+            let old = self
+                .contributions
+                .get(&key)
+                .cloned()
+                .unwrap_or_else(|| empty.clone());
+            let new = new.unwrap_or(empty);
+            if old == new {
+                continue;
+            }
+            for s in new
+                .needs
+                .difference(&self.shared)
+                .copied()
+                .collect::<Vec<_>>()
+            {
+                script.create_shared(&q, s, self.base.family);
+                self.shared.insert(s);
+            }
+            script.swap_own(&q, &old, &new);
+            script.swap_elements(&old, &new);
+            if new.elements.is_empty() && new.chains.is_empty() {
+                self.contributions.remove(&key);
+            } else {
+                self.contributions.insert(key, new);
+            }
+        }
+        script.render(&q)
+    }
+}
+
+/// An incremental transaction, collected in the order nft must run it.
+#[derive(Debug, Default)]
+struct Script {
+    /// Objects to create and chains to (re)fill, first.
+    create: String,
+    /// Elements to delete and add, by set.
+    deletes: Vec<(String, String)>,
+    adds: Vec<(String, String)>,
+    /// Chains and sets to delete, last (after nothing refers to them).
+    drop_chains: Vec<String>,
+    drop_sets: Vec<String>,
+}
+
+impl Script {
+    fn create_shared(&mut self, q: &str, s: Shared, family: crate::ruleset::NftFamily) {
+        let ((chain_name, chain), (map_name, map)) = s.objects(family);
+        add_set(&mut self.create, q, &map_name, &map);
+        fill_chain(&mut self.create, q, &chain_name, &chain, false);
+    }
+
+    /// A Service's own chains and sets (affinity): create new ones, refill changed ones, drop
+    /// the ones it no longer has. Sets that stay keep their entries (remembered clients).
+    fn swap_own(&mut self, q: &str, old: &Contribution, new: &Contribution) {
+        for (name, set) in &new.sets {
+            if !old.sets.iter().any(|(n, _)| n == name) {
+                add_set(&mut self.create, q, name, set);
+            }
+        }
+        // Chains may jump to each other: declare every new one before filling any.
+        for (name, _) in &new.chains {
+            if !old.chains.iter().any(|(n, _)| n == name) {
+                let _ = writeln!(self.create, "add chain {q} {name}");
+            }
+        }
+        for (name, chain) in &new.chains {
+            match old.chains.iter().find(|(n, _)| n == name) {
+                Some((_, c)) if c == chain => {}
+                Some(_) => fill_chain(&mut self.create, q, name, chain, true),
+                None => fill_chain(&mut self.create, q, name, chain, false),
+            }
+        }
+        for (name, _) in &old.chains {
+            if !new.chains.iter().any(|(n, _)| n == name) {
+                self.drop_chains.push(name.clone());
+            }
+        }
+        for (name, _) in &old.sets {
+            if !new.sets.iter().any(|(n, _)| n == name) {
+                self.drop_sets.push(name.clone());
+            }
+        }
+    }
+
+    fn swap_elements(&mut self, old: &Contribution, new: &Contribution) {
+        self.deletes
+            .extend(old.elements.difference(&new.elements).cloned());
+        self.adds
+            .extend(new.elements.difference(&old.elements).cloned());
+    }
+
+    fn render(mut self, q: &str) -> Option<String> {
+        let mut out = std::mem::take(&mut self.create);
+        // A map element is deleted by its key; the same key may be re-added with a new value.
+        let deletes = group(
+            self.deletes
+                .into_iter()
+                .map(|(s, e)| (s, key_of(&e).to_string())),
+        );
+        for (set, elements) in &deletes {
+            write_elements(&mut out, q, set, elements.iter(), "delete");
+        }
+        for (set, elements) in &group(self.adds) {
+            write_elements(&mut out, q, set, elements.iter(), "add");
+        }
+        // Dropped chains may refer to each other: empty them all before deleting any.
+        for c in &self.drop_chains {
+            let _ = writeln!(out, "flush chain {q} {c}");
+        }
+        for c in &self.drop_chains {
+            let _ = writeln!(out, "delete chain {q} {c}");
+        }
+        for s in &self.drop_sets {
+            let _ = writeln!(out, "delete set {q} {s}");
+        }
+        (!out.is_empty()).then_some(out)
+    }
+}
+
+/// `key : value` → `key`; a set element is its own key.
+fn key_of(element: &str) -> &str {
+    element.split_once(" : ").map_or(element, |(k, _)| k)
+}
+
+fn group(items: impl IntoIterator<Item = (String, String)>) -> Vec<(String, Vec<String>)> {
+    let mut map: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for (set, element) in items {
+        map.entry(set).or_default().push(element);
+    }
+    map.into_iter().collect()
+}
+
+fn add_set(out: &mut String, q: &str, name: &str, set: &Set) {
+    let _ = writeln!(
+        out,
+        "add {} {q} {name} {{ {}; }}",
+        set.keyword,
+        set.declaration.join("; ")
+    );
+}
+
+fn fill_chain(out: &mut String, q: &str, name: &str, chain: &Chain, existed: bool) {
+    let _ = writeln!(out, "add chain {q} {name}");
+    if existed {
+        let _ = writeln!(out, "flush chain {q} {name}");
+    }
+    for rule in &chain.rules {
+        let _ = writeln!(out, "add rule {q} {name} {rule}");
+    }
+}
