@@ -308,6 +308,7 @@ fn deleted_count(stderr: &str) -> u64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use std::collections::BTreeSet;
     use std::hash::{BuildHasher, Hasher};

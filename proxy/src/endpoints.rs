@@ -4,9 +4,9 @@
 //! its EndpointSlice cache that turns slices into per-port endpoint lists
 //! (`pkg/proxy/endpointslicecache.go`), as a pure function. For one Service port in one IP
 //! family, [`select`] resolves every endpoint's target port from its slice's ports
-//! ([`resolve`]), keeps the usable endpoints (ready ones, else serving-and-terminating ones,
+//! (`resolve`), keeps the usable endpoints (ready ones, else serving-and-terminating ones,
 //! decided separately for each scope), narrows the cluster-wide list with topology hints
-//! ([`topology`]) and splits off the node-local list. The ruleset builder turns the resulting
+//! (`topology`) and splits off the node-local list. The ruleset builder turns the resulting
 //! [`PortEndpoints`] into chains and verdicts; nothing here knows about nftables.
 //!
 //! What is deliberately not here: headless and ExternalName Services (kube-proxy's service

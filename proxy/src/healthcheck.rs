@@ -350,6 +350,7 @@ fn render(body: &Body<'_>) -> Result<Vec<u8>, serde_json::Error> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use std::collections::HashMap;
     use std::net::{IpAddr, Ipv4Addr, SocketAddr};

@@ -7,12 +7,13 @@
 //! affinity chains of those Services — so a sync costs O(change). Both are pure; the executor
 //! runs the scripts.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 use std::sync::Arc;
 
 use svcplane_common::model::ObjectKey;
 
+use crate::conntrack::StaleFlow;
 use crate::desired::Shared;
 use crate::desired::service::Contribution;
 use crate::ruleset::{Chain, Set, Table, write_elements};
@@ -22,8 +23,9 @@ use crate::ruleset::{Chain, Set, Table, write_elements};
 pub struct Programmed {
     pub base: Table,
     pub contributions: HashMap<ObjectKey, Arc<Contribution>>,
-    /// Shared per-backend-count objects that exist in the kernel.
-    pub shared: BTreeSet<Shared>,
+    /// Shared per-backend-count objects that exist in the kernel, with how many Service
+    /// contributions use each (deleted when none does).
+    pub shared: BTreeMap<Shared, usize>,
 }
 
 impl Programmed {
@@ -33,9 +35,11 @@ impl Programmed {
         contributions: HashMap<ObjectKey, Arc<Contribution>>,
     ) -> (Programmed, String) {
         let mut table = base.clone();
-        let mut shared = BTreeSet::new();
+        let mut shared: BTreeMap<Shared, usize> = BTreeMap::new();
         for c in contributions.values() {
-            shared.extend(c.needs.iter().copied());
+            for s in &c.needs {
+                *shared.entry(*s).or_default() += 1;
+            }
             for (name, chain) in &c.chains {
                 table.chains.insert(name.clone(), chain.clone());
             }
@@ -43,7 +47,7 @@ impl Programmed {
                 table.sets.insert(name.clone(), set.clone());
             }
         }
-        for s in &shared {
+        for s in shared.keys() {
             let ((chain_name, chain), (map_name, map)) = s.objects(base.family);
             table.chains.insert(chain_name, chain);
             table.sets.insert(map_name, map);
@@ -69,12 +73,13 @@ impl Programmed {
     /// The script that moves the kernel from `self` to `self` with `changes` applied (a None
     /// contribution removes the Service); `self` is updated to match. Returns None when nothing
     /// changes.
-    pub fn update(
-        &mut self,
-        changes: Vec<(ObjectKey, Option<Arc<Contribution>>)>,
-    ) -> Option<String> {
+    pub fn update(&mut self, changes: Vec<(ObjectKey, Option<Arc<Contribution>>)>) -> Update {
         let q = self.base.qualified();
         let mut script = Script::default();
+        // Shared objects are created or dropped once per transaction, from the net change in
+        // how many Services use them.
+        let mut delta: BTreeMap<Shared, i64> = BTreeMap::new();
+        let mut stale = Vec::new();
         for (key, new) in changes {
             let empty = Arc::new(Contribution::default());
             let old = self
@@ -86,15 +91,13 @@ impl Programmed {
             if old == new {
                 continue;
             }
-            for s in new
-                .needs
-                .difference(&self.shared)
-                .copied()
-                .collect::<Vec<_>>()
-            {
-                script.create_shared(&q, s, self.base.family);
-                self.shared.insert(s);
+            for s in new.needs.difference(&old.needs) {
+                *delta.entry(*s).or_default() += 1;
             }
+            for s in old.needs.difference(&new.needs) {
+                *delta.entry(*s).or_default() -= 1;
+            }
+            stale.extend(old.udp.difference(&new.udp).copied());
             script.swap_own(&q, &old, &new);
             script.swap_elements(&old, &new);
             if new.elements.is_empty() && new.chains.is_empty() {
@@ -103,8 +106,39 @@ impl Programmed {
                 self.contributions.insert(key, new);
             }
         }
-        script.render(&q)
+        for (s, d) in delta {
+            let before = self.shared.get(&s).copied().unwrap_or(0);
+            let after = (before as i64 + d).max(0) as usize;
+            match (before, after) {
+                (0, 0) => {}
+                (0, _) => script.create_shared(&q, s, self.base.family),
+                (_, 0) => {
+                    let (chain, map) = s.names();
+                    script.drop_chains.push(chain);
+                    script.drop_maps.push(map);
+                }
+                _ => {}
+            }
+            if after == 0 {
+                self.shared.remove(&s);
+            } else {
+                self.shared.insert(s, after);
+            }
+        }
+        Update {
+            script: script.render(&q),
+            stale,
+        }
     }
+}
+
+/// The result of [`Programmed::update`].
+#[derive(Debug, Default)]
+pub struct Update {
+    /// The nft transaction, None when the kernel needs no change.
+    pub script: Option<String>,
+    /// UDP conntrack state the change makes stale (deleted after the transaction succeeds).
+    pub stale: Vec<StaleFlow>,
 }
 
 /// An incremental transaction, collected in the order nft must run it.
@@ -118,6 +152,7 @@ struct Script {
     /// Chains and sets to delete, last (after nothing refers to them).
     drop_chains: Vec<String>,
     drop_sets: Vec<String>,
+    drop_maps: Vec<String>,
 }
 
 impl Script {
@@ -190,6 +225,9 @@ impl Script {
         }
         for s in &self.drop_sets {
             let _ = writeln!(out, "delete set {q} {s}");
+        }
+        for m in &self.drop_maps {
+            let _ = writeln!(out, "delete map {q} {m}");
         }
         (!out.is_empty()).then_some(out)
     }

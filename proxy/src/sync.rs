@@ -19,6 +19,7 @@ use svcplane_common::catalog::{Catalog, Changes, Snapshot};
 use svcplane_common::model::ObjectKey;
 use tokio_util::sync::CancellationToken;
 
+use crate::conntrack::ConntrackCleaner;
 use crate::desired::service::{Contribution, contribution};
 use crate::desired::{ProxyConfig, base_table};
 use crate::executor::{ExecError, Nft};
@@ -101,6 +102,7 @@ pub struct Syncer {
     pub config: ProxyConfig,
     pub families: Vec<NftFamily>,
     pub nft: Nft,
+    pub conntrack: ConntrackCleaner,
     pub metrics: SyncMetrics,
     programmed: HashMap<NftFamily, Programmed>,
     /// The resolved settings the programmed tables were rendered with.
@@ -119,6 +121,7 @@ impl Syncer {
             config,
             families,
             nft,
+            conntrack: ConntrackCleaner::new(),
             metrics,
             programmed: HashMap::new(),
             resolved: None,
@@ -199,6 +202,7 @@ impl Syncer {
             _ => return self.full(snapshot).await,
         };
         let mut script = String::new();
+        let mut stale = Vec::new();
         let mut next = self.programmed.clone();
         for &f in &self.families {
             let Some(programmed) = next.get_mut(&f) else {
@@ -208,14 +212,26 @@ impl Syncer {
                 .iter()
                 .map(|key| (key.clone(), contribution_of(&config, snapshot, key, f)))
                 .collect();
-            if let Some(s) = programmed.update(changes) {
+            let update = programmed.update(changes);
+            if let Some(s) = update.script {
                 script.push_str(&s);
             }
+            stale.extend(update.stale);
         }
         if !script.is_empty() {
             self.nft.apply(&script).await?;
         }
         self.programmed = next;
+        if !stale.is_empty() {
+            // Only after the rules no longer lead to the old backends: else new entries would
+            // be created right after the old ones are gone.
+            let cleaner = self.conntrack.clone();
+            tokio::spawn(async move {
+                for e in cleaner.cleanup(&stale).await {
+                    tracing::warn!(error = %e, "conntrack cleanup");
+                }
+            });
+        }
         Ok(())
     }
 

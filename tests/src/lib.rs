@@ -2,3 +2,4 @@
 
 pub mod apiserver;
 pub mod r#gen;
+pub mod netns;

@@ -162,12 +162,33 @@ async fn run_stream<K>(
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
     K::DynamicType: Default,
 {
-    let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+    let stream = watcher::watcher(api.clone(), watcher::Config::default()).default_backoff();
     futures::pin_mut!(stream);
     let mut buffer: Vec<Object> = Vec::new();
     let mut listed = false;
     let mut failing = false;
-    while let Some(item) = stream.next().await {
+    // kube-runtime's watcher resumes a watch without yielding anything until the next change,
+    // so a quiet kind would stay "failing" forever: while failing, probe the API instead.
+    let mut probe = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        let item = tokio::select! {
+            item = stream.next() => match item {
+                Some(item) => item,
+                None => return,
+            },
+            _ = probe.tick(), if failing => {
+                let params = kube::api::ListParams::default().limit(1);
+                if api.list_metadata(&params).await.is_ok() {
+                    failing = false;
+                    if shared.failing.fetch_sub(1, Ordering::AcqRel) == 1
+                        && tx.send(SourceEvent::Connected(true)).await.is_err()
+                    {
+                        return;
+                    }
+                }
+                continue;
+            }
+        };
         let event = match item {
             Ok(event) => event,
             Err(err) => {

@@ -14,6 +14,7 @@ use svcplane_common::model::{
 };
 
 use super::{ProxyConfig, Shared, addr, model_family};
+use crate::conntrack::StaleFlow;
 use crate::endpoints::{self, Backend, PortEndpoints};
 use crate::ruleset::{Chain, NftFamily, Set, safe_fragment, short_hash};
 
@@ -30,6 +31,9 @@ pub struct Contribution {
     pub needs: BTreeSet<Shared>,
     /// `healthCheckNodePort` and the number of ready node-local endpoints (eTP Local).
     pub health: Option<(u16, usize)>,
+    /// UDP flows the rules create (frontend → backend), and UDP frontends without backends;
+    /// what disappears between two contributions is stale conntrack state to delete.
+    pub udp: BTreeSet<StaleFlow>,
 }
 
 /// Whether svcplane-proxy handles this Service at all.
@@ -63,10 +67,8 @@ pub fn contribution(
     for ip in &cluster_ips {
         c.elements.insert(("cluster-ips".into(), addr(ip)));
     }
-    let mut local_ready = 0;
     for port in &service.ports {
         let sel = endpoints::select(service, port, endpoints, family, &config.node);
-        local_ready = local_ready.max(sel.local_ready);
         let mut b = Builder {
             c: &mut c,
             service,
@@ -85,11 +87,18 @@ pub fn contribution(
         }
         b.hairpin();
     }
+    // The health-check answer counts the Service's node-local ready endpoints once, in the
+    // family of its primary ClusterIP (kube-proxy counts distinct addresses).
+    let primary = service
+        .cluster_ips
+        .first()
+        .is_some_and(|ip| Family::of(ip) == family);
     if let Some(hc) = service
         .health_check_node_port
-        .filter(|_| external_local(service))
+        .filter(|_| primary && external_local(service))
     {
-        c.health = Some((hc, local_ready));
+        let local = endpoints::local_ready_endpoints(endpoints, family, &config.node);
+        c.health = Some((hc, local));
     }
     c
 }
@@ -136,7 +145,7 @@ struct Builder<'a> {
     f: NftFamily,
 }
 
-impl Builder<'_> {
+impl<'a> Builder<'a> {
     fn key(&self, ip: &str) -> String {
         format!("{ip} . {} . {}", proto(self.port.protocol), self.port.port)
     }
@@ -154,13 +163,30 @@ impl Builder<'_> {
         }
     }
 
+    /// The backends of traffic to ClusterIPs (internalTrafficPolicy).
+    fn internal_backends(&self) -> &'a [Backend] {
+        let sel: &'a PortEndpoints = self.sel;
+        if sel.internal_policy_local {
+            &sel.local
+        } else {
+            &sel.cluster
+        }
+    }
+
+    /// The backends of external traffic (externalTrafficPolicy).
+    fn external_backends(&self) -> &'a [Backend] {
+        let sel: &'a PortEndpoints = self.sel;
+        if sel.external_policy_local {
+            &sel.local
+        } else {
+            &sel.cluster
+        }
+    }
+
     fn cluster_ip(&mut self, ip: &str) {
         let key = self.key(ip);
-        let backends = if self.sel.internal_policy_local {
-            &self.sel.local
-        } else {
-            &self.sel.cluster
-        };
+        let backends = self.internal_backends();
+        self.track_udp(ip, backends);
         if backends.is_empty() {
             let verdict = self.missing();
             self.add("no-endpoints", format!("{key} : {verdict}"));
@@ -184,6 +210,7 @@ impl Builder<'_> {
                 self.add("fw-allow", format!("{key} . {}/{}", r.addr, r.len));
             }
         }
+        self.track_udp(ip, self.external_backends());
         self.frontend(
             &key,
             ["fe", "fe-pod", "masq-fe", "local-fe", "no-endpoints"],
@@ -194,6 +221,7 @@ impl Builder<'_> {
 
     fn node_port(&mut self, node_port: u16) {
         let key = format!("{} . {node_port}", proto(self.port.protocol));
+        self.track_udp_node_port(node_port, self.external_backends());
         self.frontend(
             &key,
             ["np", "np-pod", "masq-np", "local-np", "no-endpoints-np"],
@@ -275,7 +303,7 @@ impl Builder<'_> {
                 set.clone(),
                 Set::set(&[
                     &format!("typeof {l3} saddr"),
-                    &format!("flags dynamic,timeout"),
+                    "flags dynamic,timeout",
                     &format!("timeout {timeout}s"),
                 ]),
             ));
@@ -285,7 +313,10 @@ impl Builder<'_> {
                     base: None,
                     rules: vec![
                         format!("update @{set} {{ {l3} saddr }}"),
-                        format!("dnat {l3} to {to}"),
+                        format!(
+                            "meta l4proto {} dnat {l3} to {to}",
+                            proto(self.port.protocol)
+                        ),
                     ],
                 },
             ));
@@ -302,6 +333,55 @@ impl Builder<'_> {
             .chains
             .push((base.clone(), Chain { base: None, rules }));
         format!("goto {base}")
+    }
+
+    /// Records the UDP flows to an address frontend (or that it has none).
+    fn track_udp(&mut self, frontend: &str, backends: &[Backend]) {
+        let Ok(frontend) = frontend.parse() else {
+            return;
+        };
+        if self.port.protocol != Protocol::Udp {
+            return;
+        }
+        let (port, protocol) = (self.port.port, self.port.protocol);
+        if backends.is_empty() {
+            self.c.udp.insert(StaleFlow::Frontend {
+                frontend,
+                port,
+                protocol,
+            });
+        }
+        for b in backends {
+            self.c.udp.insert(StaleFlow::Endpoint {
+                frontend,
+                port,
+                protocol,
+                endpoint: b.ip,
+            });
+        }
+    }
+
+    /// Records the UDP flows to a NodePort (or that it has no backend).
+    fn track_udp_node_port(&mut self, port: u16, backends: &[Backend]) {
+        let protocol = self.port.protocol;
+        if protocol != Protocol::Udp {
+            return;
+        }
+        if backends.is_empty() {
+            let family = model_family(self.f);
+            self.c.udp.insert(StaleFlow::NodePortFrontend {
+                port,
+                protocol,
+                family,
+            });
+        }
+        for b in backends {
+            self.c.udp.insert(StaleFlow::NodePort {
+                port,
+                protocol,
+                endpoint: b.ip,
+            });
+        }
     }
 
     /// Every backend may reach itself through the Service: masquerade that (hairpin).

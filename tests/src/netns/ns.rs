@@ -111,7 +111,9 @@ impl Netns {
     pub fn sysctl(&self, key: &str) -> Result<String> {
         let path = sysctl_path(key);
         let read = || std::fs::read_to_string(&path);
-        let value = self.run_in(read)?.map_err(Error::io(format!("reading {key}")))?;
+        let value = self
+            .run_in(read)?
+            .map_err(Error::io(format!("reading {key}")))?;
         Ok(value.trim().to_owned())
     }
 
@@ -187,7 +189,10 @@ pub(crate) fn teardown(name: &str) -> Result<()> {
 fn pids_in(name: &str) -> Result<Vec<u32>> {
     let out = cmd::ip_netns(&["pids", name])?;
     let text = String::from_utf8_lossy(&out.stdout);
-    Ok(text.split_whitespace().filter_map(|p| p.parse().ok()).collect())
+    Ok(text
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect())
 }
 
 /// SIGKILLs every process inside namespace `name` except this one.

@@ -72,7 +72,9 @@ fn is_stale(name: &str, min_age: Duration) -> bool {
     let Ok(created) = std::fs::metadata(path).and_then(|m| m.modified()) else {
         return false;
     };
-    let age = SystemTime::now().duration_since(created).unwrap_or_default();
+    let age = SystemTime::now()
+        .duration_since(created)
+        .unwrap_or_default();
     age >= min_age && !creator_alive(pid, created)
 }
 

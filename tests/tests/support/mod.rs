@@ -412,6 +412,10 @@ pub fn is_nxdomain(m: &Message) -> bool {
     m.response_code == ResponseCode::NXDomain && m.answers.is_empty()
 }
 
+pub fn is_nodata(m: &Message) -> bool {
+    m.response_code == ResponseCode::NoError && m.answers.is_empty()
+}
+
 /// A negative answer: `rcode` (NXDOMAIN, or NOERROR for NODATA), AA, no answers, the zone's
 /// SOA in the authority section.
 pub fn assert_negative(m: &Message, rcode: ResponseCode) {
@@ -462,6 +466,15 @@ fn capture_logs() {
 pub fn logged(needles: &[&str]) -> bool {
     let logs = LOGS.lock().unwrap_or_else(|e| e.into_inner());
     logs.iter().any(|l| needles.iter().all(|n| l.contains(n)))
+}
+
+/// Waits until [`logged`] holds, for at most [`UPDATE`].
+pub async fn wait_logged(needles: &[&str]) {
+    let deadline = Instant::now() + UPDATE;
+    while !logged(needles) {
+        assert!(Instant::now() < deadline, "never logged: {needles:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// A `tracing` subscriber that keeps WARN and ERROR events in [`LOGS`].
