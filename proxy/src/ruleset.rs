@@ -78,7 +78,7 @@ pub struct Set {
 }
 
 impl Set {
-    pub fn set(declaration: &[&str]) -> Set {
+    pub fn plain(declaration: &[&str]) -> Set {
         Set {
             keyword: "set",
             declaration: declaration.iter().map(|s| s.to_string()).collect(),
@@ -89,7 +89,7 @@ impl Set {
     pub fn map(declaration: &[&str]) -> Set {
         Set {
             keyword: "map",
-            ..Set::set(declaration)
+            ..Set::plain(declaration)
         }
     }
 }
@@ -239,7 +239,7 @@ mod tests {
             },
         );
         t.chains.insert("services".into(), Chain::default());
-        let mut s = Set::set(&["typeof ip daddr"]);
+        let mut s = Set::plain(&["typeof ip daddr"]);
         s.elements.insert("10.0.0.1".into());
         t.sets.insert("cluster-ips".into(), s);
         let script = t.replace_script();

@@ -78,22 +78,6 @@ impl Ns {
     fn apply(&self, script: &str) {
         self.nft(&["-f", "-"], Some(script));
     }
-
-    /// The table as normalised JSON: handles dropped, elements sorted, objects sorted.
-    fn table(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        for family in ["ip", "ip6"] {
-            let json = self.nft(&["-j", "list", "table", family, "svcplane"], None);
-            let value: serde_json::Value = serde_json::from_str(&json).expect("json");
-            for item in value["nftables"].as_array().expect("array") {
-                let mut item = item.clone();
-                strip(&mut item);
-                out.push(item.to_string());
-            }
-        }
-        out.sort();
-        out
-    }
 }
 
 fn strip(v: &mut serde_json::Value) {
@@ -102,10 +86,8 @@ fn strip(v: &mut serde_json::Value) {
             map.remove("handle");
             for (k, child) in map.iter_mut() {
                 strip(child);
-                if k == "elem" {
-                    if let Some(a) = child.as_array_mut() {
-                        a.sort_by_key(|e| e.to_string());
-                    }
+                if let (true, Some(a)) = (k == "elem", child.as_array_mut()) {
+                    a.sort_by_key(|e| e.to_string());
                 }
             }
         }

@@ -268,7 +268,7 @@ fn declare_sets(t: &mut Table, config: &ProxyConfig, f: NftFamily) {
     let interval = "flags interval";
     let family = model_family(f);
     let filled = |decl: &[&str], items: Vec<String>| {
-        let mut s = Set::set(decl);
+        let mut s = Set::plain(decl);
         s.elements.extend(items);
         s
     };
@@ -277,7 +277,7 @@ fn declare_sets(t: &mut Table, config: &ProxyConfig, f: NftFamily) {
         NodePortAddresses::Prefixes(p) => ProxyConfig::prefixes(p, family),
     };
     let sets = [
-        ("cluster-ips", Set::set(&[&format!("typeof {l3} daddr")])),
+        ("cluster-ips", Set::plain(&[&format!("typeof {l3} daddr")])),
         (
             "service-cidrs",
             filled(
@@ -303,20 +303,20 @@ fn declare_sets(t: &mut Table, config: &ProxyConfig, f: NftFamily) {
         ("fe-pod", Set::map(&[&format!("{fe} : verdict")])),
         ("np", Set::map(&[&format!("{np} : verdict")])),
         ("np-pod", Set::map(&[&format!("{np} : verdict")])),
-        ("masq-fe", Set::set(&[&fe])),
-        ("local-fe", Set::set(&[&fe])),
-        ("masq-np", Set::set(&[&np])),
-        ("local-np", Set::set(&[&np])),
+        ("masq-fe", Set::plain(&[&fe])),
+        ("local-fe", Set::plain(&[&fe])),
+        ("masq-np", Set::plain(&[&np])),
+        ("local-np", Set::plain(&[&np])),
         (
             "hairpin",
-            Set::set(&[&format!("typeof {l3} saddr . {l3} daddr")]),
+            Set::plain(&[&format!("typeof {l3} saddr . {l3} daddr")]),
         ),
         ("no-endpoints", Set::map(&[&format!("{fe} : verdict")])),
         ("no-endpoints-np", Set::map(&[&format!("{np} : verdict")])),
-        ("fw", Set::set(&[&fe])),
+        ("fw", Set::plain(&[&fe])),
         (
             "fw-allow",
-            Set::set(&[&format!("{fe} . {l3} saddr"), interval]),
+            Set::plain(&[&format!("{fe} . {l3} saddr"), interval]),
         ),
     ];
     for (name, set) in sets {

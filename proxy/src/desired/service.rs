@@ -301,7 +301,7 @@ impl<'a> Builder<'a> {
             };
             self.c.sets.push((
                 set.clone(),
-                Set::set(&[
+                Set::plain(&[
                     &format!("typeof {l3} saddr"),
                     "flags dynamic,timeout",
                     &format!("timeout {timeout}s"),

@@ -12,6 +12,7 @@ use std::fs::File;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output};
+use std::sync::{Mutex, PoisonError};
 
 use rustix::process::{Pid, Signal};
 use rustix::thread::LinkNameSpaceType;
@@ -50,7 +51,7 @@ impl Netns {
     pub(crate) fn create(tag: &str, label: &str) -> Result<Netns> {
         stale::sweep_once();
         let name = namespace_name(tag, label);
-        cmd::ip_netns(&["add", &name])?;
+        add_namespace(&name)?;
         let ns = Netns { name, live: true };
         ns.sysctls(BASE_SYSCTLS)?;
         ns.ip(&["link set lo up"])?;
@@ -175,6 +176,21 @@ impl Drop for Netns {
             eprintln!("netns: cleaning up {}: {e}", self.name);
         }
     }
+}
+
+/// `ip netns add name`. The first add of the process runs alone: on a
+/// fresh machine it turns `/run/netns` into a shared mount, and concurrent
+/// first adds would stack several mounts there.
+fn add_namespace(name: &str) -> Result<()> {
+    static MOUNTED: Mutex<bool> = Mutex::new(false);
+    let mut mounted = MOUNTED.lock().unwrap_or_else(PoisonError::into_inner);
+    if *mounted {
+        drop(mounted);
+        return cmd::ip_netns(&["add", name]).map(drop);
+    }
+    cmd::ip_netns(&["add", name])?;
+    *mounted = true;
+    Ok(())
 }
 
 /// Kills what runs inside `name`, then deletes it; the deletion is tried
