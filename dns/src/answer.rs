@@ -296,6 +296,9 @@ impl<'a> Builder<'a> {
     /// RFC 2308 §3: negative answers carry the zone's SOA in the authority section, with the
     /// TTL of the SOA's MINIMUM field. RFC 8020: NXDOMAIN means nothing exists below the name.
     fn finish(mut self) -> Answer {
+        if self.answer.rcode == Rcode::ServFail {
+            return Answer::rcode(Rcode::ServFail);
+        }
         if !self.exists {
             self.answer.rcode = Rcode::NxDomain;
             self.answer.answer.clear();
@@ -524,7 +527,8 @@ impl<'a> Builder<'a> {
         };
         match tq.under(&self.cfg.zone) {
             Some(depth) if hops < 8 => self.follow(&tq, depth, hops + 1),
-            Some(_) => {}
+            // A chain this long inside the zone is a loop between ExternalName Services.
+            Some(_) => self.answer.rcode = Rcode::ServFail,
             None => self.answer.chase = Some(target.clone()),
         }
     }
@@ -536,6 +540,10 @@ impl<'a> Builder<'a> {
         if !inner.exists {
             self.answer.rcode = Rcode::NxDomain;
             self.negative_tail = true;
+            return;
+        }
+        if inner.answer.rcode == Rcode::ServFail {
+            self.answer.rcode = Rcode::ServFail;
             return;
         }
         self.negative_tail =

@@ -81,7 +81,13 @@ impl EchoServer {
                 self.forward_stderr();
                 Ok(())
             }
-            Ok(_) => Err(self.exit_error(desc)),
+            Ok(line) => {
+                if !line.is_empty() {
+                    // Not our server: stop it before waiting for its exit.
+                    let _ = self.child.kill();
+                }
+                Err(self.exit_error(desc))
+            }
             Err(_) => {
                 let _ = self.child.kill();
                 Err(Error::Timeout {

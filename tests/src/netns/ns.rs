@@ -225,10 +225,9 @@ fn kill(pid: u32) {
     let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
         return;
     };
-    if let Err(e) = rustix::process::kill_process(pid, Signal::KILL) {
-        if e != rustix::io::Errno::SRCH {
-            eprintln!("netns: kill {pid:?}: {e}");
-        }
+    match rustix::process::kill_process(pid, Signal::KILL) {
+        Ok(()) | Err(rustix::io::Errno::SRCH) => {}
+        Err(e) => eprintln!("netns: kill {pid:?}: {e}"),
     }
 }
 
