@@ -40,10 +40,10 @@ pub struct Args {
     #[arg(long, global = true)]
     pub node_name: Option<String>,
     /// Pod CIDRs: traffic from them to a ClusterIP is not masqueraded.
-    #[arg(long, value_parser = parse_prefix, global = true)]
+    #[arg(long, value_parser = parse_prefix, value_delimiter = ',', global = true)]
     pub cluster_cidr: Vec<IpPrefix>,
     /// Service CIDRs: unallocated addresses in them are dropped.
-    #[arg(long, value_parser = parse_prefix, global = true)]
+    #[arg(long, value_parser = parse_prefix, value_delimiter = ',', global = true)]
     pub service_cidr: Vec<IpPrefix>,
     /// Addresses accepting NodePorts: `primary` (the node's IPs), `all`, or CIDRs separated by
     /// commas.
