@@ -64,6 +64,10 @@ pub struct Args {
     /// GET /metrics.
     #[arg(long, default_value = "127.0.0.1:10249", global = true)]
     pub metrics_addr: SocketAddr,
+    /// Handle only Services labelled `service.kubernetes.io/service-proxy-name=<NAME>` (to run
+    /// beside another proxy that handles the unlabelled ones).
+    #[arg(long, global = true)]
+    pub service_proxy_name: Option<String>,
     /// The packet-filter backend.
     #[arg(long, value_enum, default_value = "nftables", global = true)]
     pub backend: Backend,
@@ -106,6 +110,7 @@ impl Args {
             service_cidrs: self.service_cidr.clone(),
             nodeport_addresses,
             masquerade_all: self.masquerade_all,
+            proxy_name: self.service_proxy_name.clone(),
         })
     }
 }

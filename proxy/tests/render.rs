@@ -161,6 +161,7 @@ fn config() -> ProxyConfig {
         service_cidrs: vec![],
         nodeport_addresses: NodePortAddresses::All,
         masquerade_all: false,
+        proxy_name: None,
     }
 }
 

@@ -53,6 +53,10 @@ pub struct ProxyConfig {
     pub service_cidrs: Vec<IpPrefix>,
     pub nodeport_addresses: NodePortAddresses,
     pub masquerade_all: bool,
+    /// `--service-proxy-name`: handle only Services labelled
+    /// `service.kubernetes.io/service-proxy-name` with this value (None: only unlabelled ones,
+    /// as kube-proxy).
+    pub proxy_name: Option<String>,
 }
 
 impl ProxyConfig {

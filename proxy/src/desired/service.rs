@@ -8,6 +8,7 @@
 //! endpoint at all, DROP when a Local policy leaves this node without one.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use svcplane_common::model::{
     Family, IpMode, MergedEndpoint, Protocol, Service, ServicePort, ServiceType,
@@ -18,11 +19,79 @@ use crate::conntrack::StaleFlow;
 use crate::endpoints::{self, Backend, PortEndpoints};
 use crate::ruleset::{Chain, NftFamily, Set, safe_fragment, short_hash};
 
+/// The name of a set or map an element belongs to; shared by the elements of one frontend.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SetName(Arc<str>);
+
+impl SetName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for SetName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for SetName {
+    fn from(name: &str) -> SetName {
+        SetName(name.into())
+    }
+}
+
+impl PartialEq<str> for SetName {
+    fn eq(&self, other: &str) -> bool {
+        &*self.0 == other
+    }
+}
+
+/// One element: (set or map name, element in nft syntax).
+pub type Element = (SetName, Box<str>);
+
+/// A Service's elements, sorted by (set, element), without duplicates. A boxed slice rather
+/// than a `BTreeSet`: the programmed state keeps every Service's elements (250k endpoints make
+/// ~600k of them), and B-tree nodes would triple their memory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Elements(Box<[Element]>);
+
+impl Elements {
+    pub fn iter(&self) -> std::slice::Iter<'_, Element> {
+        self.0.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The elements of `self` that `other` lacks, in order.
+    pub fn difference<'a>(&'a self, other: &'a Elements) -> impl Iterator<Item = &'a Element> {
+        self.0
+            .iter()
+            .filter(move |e| other.0.binary_search(e).is_err())
+    }
+}
+
+impl FromIterator<Element> for Elements {
+    fn from_iter<I: IntoIterator<Item = Element>>(iter: I) -> Elements {
+        let mut all: Vec<Element> = iter.into_iter().collect();
+        all.sort_unstable();
+        all.dedup();
+        Elements(all.into_boxed_slice())
+    }
+}
+
 /// Everything one Service adds to one family's table.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Contribution {
     /// (set or map name, element).
-    pub elements: BTreeSet<(String, String)>,
+    pub elements: Elements,
     /// Chains only this Service uses (ClientIP affinity).
     pub chains: Vec<(String, Chain)>,
     /// Sets only this Service uses (ClientIP affinity).
@@ -37,11 +106,9 @@ pub struct Contribution {
 }
 
 /// Whether svcplane-proxy handles this Service at all.
-pub fn proxied(s: &Service) -> bool {
-    !(s.headless
-        || s.headless_label
-        || s.proxy_name.is_some()
-        || s.service_type == ServiceType::ExternalName)
+pub fn proxied(s: &Service, config: &ProxyConfig) -> bool {
+    let ours = s.proxy_name.as_deref() == config.proxy_name.as_deref();
+    ours && !(s.headless || s.headless_label || s.service_type == ServiceType::ExternalName)
 }
 
 /// The contribution of `service` with its merged endpoints to the table of family `f`.
@@ -53,7 +120,7 @@ pub fn contribution(
 ) -> Contribution {
     let mut c = Contribution::default();
     let family = model_family(f);
-    if !proxied(service) {
+    if !proxied(service, config) {
         return c;
     }
     let cluster_ips: Vec<_> = service
@@ -64,13 +131,15 @@ pub fn contribution(
     if cluster_ips.is_empty() {
         return c;
     }
-    for ip in &cluster_ips {
-        c.elements.insert(("cluster-ips".into(), addr(ip)));
-    }
+    let mut elements: Vec<Element> = cluster_ips
+        .iter()
+        .map(|ip| ("cluster-ips".into(), addr(ip).into()))
+        .collect();
     for port in &service.ports {
         let sel = endpoints::select(service, port, endpoints, family, &config.node);
         let mut b = Builder {
             c: &mut c,
+            elements: &mut elements,
             service,
             port,
             sel: &sel,
@@ -87,6 +156,7 @@ pub fn contribution(
         }
         b.hairpin();
     }
+    c.elements = elements.into_iter().collect();
     // The health-check answer counts the Service's node-local ready endpoints once, in the
     // family of its primary ClusterIP (kube-proxy counts distinct addresses).
     let primary = service
@@ -139,6 +209,8 @@ fn proto(p: Protocol) -> &'static str {
 /// Builds the elements of one Service port.
 struct Builder<'a> {
     c: &'a mut Contribution,
+    /// Collected unsorted; sorted once into `c.elements`.
+    elements: &'a mut Vec<Element>,
     service: &'a Service,
     port: &'a ServicePort,
     sel: &'a PortEndpoints,
@@ -151,7 +223,7 @@ impl<'a> Builder<'a> {
     }
 
     fn add(&mut self, set: &str, element: String) {
-        self.c.elements.insert((set.to_string(), element));
+        self.elements.push((set.into(), element.into()));
     }
 
     /// The verdict for a frontend whose traffic has no backend here.
@@ -270,9 +342,10 @@ impl<'a> Builder<'a> {
             return self.affinity(key, backends, timeout);
         }
         let (chain, map) = shared.names();
+        let map = SetName::from(map.as_str());
         for (i, b) in backends.iter().enumerate() {
             let element = format!("{key} . {i} : {} . {}", addr(&b.ip), b.port);
-            self.c.elements.insert((map.clone(), element));
+            self.elements.push((map.clone(), element.into()));
         }
         self.c.needs.insert(shared);
         format!("goto {chain}")
@@ -386,10 +459,9 @@ impl<'a> Builder<'a> {
 
     /// Every backend may reach itself through the Service: masquerade that (hairpin).
     fn hairpin(&mut self) {
-        let all = self.sel.cluster.iter().chain(self.sel.local.iter());
-        let pairs: Vec<String> = all.map(|b| format!("{0} . {0}", addr(&b.ip))).collect();
-        for p in pairs {
-            self.c.elements.insert(("hairpin".into(), p));
-        }
+        let (set, sel) = (SetName::from("hairpin"), self.sel);
+        let all = sel.cluster.iter().chain(sel.local.iter());
+        let pairs = all.map(|b| (set.clone(), format!("{0} . {0}", addr(&b.ip)).into()));
+        self.elements.extend(pairs);
     }
 }
