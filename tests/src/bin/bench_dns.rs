@@ -54,13 +54,17 @@ fn main() -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 
 const USAGE: &str = "usage: svcplane-bench-dns [--sizes 10000x5,50000x5] [--duration SECONDS] \
-[--changes N] [--out-dir DIR]";
+[--changes N] [--wait-idle SECONDS] [--out-dir DIR]
+
+Before each load run the bench waits up to --wait-idle seconds (default 120, 0: not at all) for
+both CPUs to be idle, since other work on the machine skews rates and tails.";
 
 #[derive(Debug)]
 struct Options {
     sizes: Vec<Size>,
     duration: u64,
     changes: usize,
+    wait_idle: Duration,
     out_dir: Option<PathBuf>,
 }
 
@@ -83,6 +87,7 @@ impl Options {
             sizes: parse_sizes("10000x5,50000x5")?,
             duration: 10,
             changes: 20,
+            wait_idle: Duration::from_secs(120),
             out_dir: None,
         };
         while let Some(flag) = args.next() {
@@ -97,6 +102,9 @@ impl Options {
                 "--sizes" => options.sizes = parse_sizes(&value)?,
                 "--duration" => options.duration = value.parse().context("--duration")?,
                 "--changes" => options.changes = value.parse().context("--changes")?,
+                "--wait-idle" => {
+                    options.wait_idle = Duration::from_secs(value.parse().context("--wait-idle")?)
+                }
                 "--out-dir" => options.out_dir = Some(value.into()),
                 _ => bail!("unknown flag {flag}\n{USAGE}"),
             }
@@ -142,9 +150,7 @@ struct Row {
     startup: Duration,
     /// The server's CPU time (on CPU, waiting for it) until ready.
     startup_cpu: (Duration, Duration),
-    mix: Dnsperf,
-    a_only: Dnsperf,
-    latency: Latency,
+    load: Load,
     idle: Memory,
     loaded: Memory,
     reload: Reload,
@@ -153,67 +159,123 @@ struct Row {
 
 fn bench_size(options: &Options, size: Size, server_bin: &Path) -> Result<Row> {
     let work = WorkDir::new(options.out_dir.as_deref(), size)?;
-    eprintln!(
-        "[{size}] generating manifests into {}",
-        work.manifests.display()
-    );
-    let started = Instant::now();
-    let mut catalog = Catalog::generate(&Spec::new(size.services, size.endpoints));
-    let files = catalog.write_manifests(&work.manifests, None)?;
-    let generate = started.elapsed();
-    let manifest_bytes = files
-        .iter()
-        .map(|f| f.metadata().map_or(0, |m| m.len()))
-        .sum();
-    let mut rng = Rng::new(42);
-    let mix = mix_queries(&catalog, &mut rng, QUERIES_PER_FILE);
-    let mix_file = write_dnsperf_file(&work.root.join("queries-mix.txt"), &mix)?;
-    let a_only = cluster_ip_queries(&catalog, &mut rng, QUERIES_PER_FILE);
-    let a_file = write_dnsperf_file(&work.root.join("queries-a.txt"), &a_only)?;
-
+    let mut input = Input::generate(size, &work)?;
     let mut server = Server::start(server_bin, &work.manifests, &work.root.join("server.log"))?;
     let startup = server.wait_ready(Duration::from_secs(600))?;
     let startup_cpu = CpuSample::of(server.pid())?;
     eprintln!("[{size}] ready after {:.2} s", startup.as_secs_f64());
-    sanity_check(&server, &catalog)?;
+    sanity_check(&server, &input.catalog)?;
     let idle = server.memory()?;
-    let secs = options.duration;
-    let mix_result = run_dnsperf(&server, &mix_file, secs, "mix")?;
-    let a_result = run_dnsperf(&server, &a_file, secs, "A only")?;
-    let half = (mix_result.qps / 2.0).max(1000.0);
-    eprintln!("[{size}] latency client at {half:.0} qps for {secs} s");
-    let (server_before, client_before) = (
-        CpuSample::of(server.pid())?,
-        CpuSample::of(std::process::id())?,
-    );
-    let mut latency = fixed_rate(server.dns, &mix, half, Duration::from_secs(secs))?;
-    latency.server = server_before.share_since(server.pid())?;
-    latency.client = client_before.share_since(std::process::id())?;
-    print_stalls(&latency.stalls);
+    let load = load_runs(options, &server, &input)?;
     let loaded = server.memory()?;
     server.check_alive()?;
-    let reload = full_reload(&mut catalog, &work.manifests, &server)?;
-    let changes = change_latency(&mut catalog, &work.manifests, &server, options.changes)?;
+    let reload = full_reload(&mut input.catalog, &work.manifests, &server)?;
+    let changes = change_latency(
+        &mut input.catalog,
+        &work.manifests,
+        &server,
+        options.changes,
+    )?;
     server.check_alive()?;
     drop(server);
     Ok(Row {
         size,
-        endpoints: catalog.endpoint_count(),
-        generate,
-        manifest_bytes,
+        endpoints: input.catalog.endpoint_count(),
+        generate: input.generate,
+        manifest_bytes: input.manifest_bytes,
         startup,
         startup_cpu: (
             Duration::from_nanos(startup_cpu.run_ns),
             Duration::from_nanos(startup_cpu.wait_ns),
         ),
-        mix: mix_result,
-        a_only: a_result,
-        latency,
+        load,
         idle,
         loaded,
         reload,
         changes,
     })
+}
+
+/// The generated catalog, its manifests and the query files.
+struct Input {
+    catalog: Catalog,
+    generate: Duration,
+    manifest_bytes: u64,
+    mix: Vec<Query>,
+    mix_file: PathBuf,
+    a_file: PathBuf,
+}
+
+impl Input {
+    fn generate(size: Size, work: &WorkDir) -> Result<Input> {
+        eprintln!(
+            "[{size}] generating manifests into {}",
+            work.manifests.display()
+        );
+        let started = Instant::now();
+        let catalog = Catalog::generate(&Spec::new(size.services, size.endpoints));
+        let files = catalog.write_manifests(&work.manifests, None)?;
+        let generate = started.elapsed();
+        let manifest_bytes = files
+            .iter()
+            .map(|f| f.metadata().map_or(0, |m| m.len()))
+            .sum();
+        let mut rng = Rng::new(42);
+        let mix = mix_queries(&catalog, &mut rng, QUERIES_PER_FILE);
+        let mix_file = write_dnsperf_file(&work.root.join("queries-mix.txt"), &mix)?;
+        let a_only = cluster_ip_queries(&catalog, &mut rng, QUERIES_PER_FILE);
+        let a_file = write_dnsperf_file(&work.root.join("queries-a.txt"), &a_only)?;
+        Ok(Input {
+            catalog,
+            generate,
+            manifest_bytes,
+            mix,
+            mix_file,
+            a_file,
+        })
+    }
+}
+
+/// The load runs: dnsperf at its maximum rate on both query files, then the latency client at
+/// half the mix's rate.
+#[derive(Debug)]
+struct Load {
+    mix: Dnsperf,
+    a_only: Dnsperf,
+    latency: Latency,
+}
+
+fn load_runs(options: &Options, server: &Server, input: &Input) -> Result<Load> {
+    let secs = options.duration;
+    wait_for_idle(options.wait_idle)?;
+    let mix = run_dnsperf(server, &input.mix_file, secs, "mix")?;
+    wait_for_idle(options.wait_idle)?;
+    let a_only = run_dnsperf(server, &input.a_file, secs, "A only")?;
+    wait_for_idle(options.wait_idle)?;
+    let half = (mix.qps / 2.0).max(1000.0);
+    let latency = latency_run(server, &input.mix, half, Duration::from_secs(secs))?;
+    Ok(Load {
+        mix,
+        a_only,
+        latency,
+    })
+}
+
+/// [`fixed_rate`] with the server's and the client's CPU use.
+fn latency_run(
+    server: &Server,
+    queries: &[Query],
+    rate: f64,
+    duration: Duration,
+) -> Result<Latency> {
+    eprintln!("latency client at {rate:.0} qps for {duration:?}");
+    let me = std::process::id();
+    let (server_before, client_before) = (CpuSample::of(server.pid())?, CpuSample::of(me)?);
+    let mut latency = fixed_rate(server.dns, queries, rate, duration)?;
+    latency.server = server_before.share_since(server.pid())?;
+    latency.client = client_before.share_since(me)?;
+    print_stalls(&latency.stalls);
+    Ok(latency)
 }
 
 /// Where one size's manifests, query files and server log go: `--out-dir`/SIZE (kept), or a
@@ -1139,7 +1201,10 @@ fn report(options: &Options, rows: &[Row]) -> String {
     );
     let _ = writeln!(out, "|---:|---|---:|---:|---:|---:|---:|---:|---|");
     for row in rows {
-        for (label, d) in [("mix", &row.mix), ("A of ClusterIP only", &row.a_only)] {
+        for (label, d) in [
+            ("mix", &row.load.mix),
+            ("A of ClusterIP only", &row.load.a_only),
+        ] {
             let per_cpu = d.qps / d.server.run.max(1e-9);
             let _ = writeln!(
                 out,
@@ -1164,7 +1229,7 @@ fn report(options: &Options, rows: &[Row]) -> String {
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for row in rows {
-        let l = &row.latency;
+        let l = &row.load.latency;
         let lost = 100.0 * (l.sent - l.received.min(l.sent)) as f64 / l.sent.max(1) as f64;
         let _ = writeln!(
             out,
@@ -1218,7 +1283,7 @@ fn report(options: &Options, rows: &[Row]) -> String {
 }
 
 fn main_row(row: &Row) -> String {
-    let l = &row.latency;
+    let l = &row.load.latency;
     let reload_peak = row.reload.peak_kb.map_or_else(
         || "n/a".to_string(),
         |peak| {
@@ -1240,8 +1305,8 @@ fn main_row(row: &Row) -> String {
         row.size.services,
         row.endpoints,
         row.startup.as_secs_f64(),
-        row.mix.qps,
-        row.mix.avg_latency_s * 1e3,
+        row.load.mix.qps,
+        row.load.mix.avg_latency_s * 1e3,
         ms(l.p50),
         ms(l.p99),
         mb(row.loaded.rss_kb),
@@ -1256,10 +1321,10 @@ fn main_row(row: &Row) -> String {
 /// The largest run-queue wait share of the server or the latency client during the load runs.
 fn worst_wait(row: &Row) -> f64 {
     [
-        row.mix.server.wait,
-        row.a_only.server.wait,
-        row.latency.server.wait,
-        row.latency.client.wait,
+        row.load.mix.server.wait,
+        row.load.a_only.server.wait,
+        row.load.latency.server.wait,
+        row.load.latency.client.wait,
     ]
     .into_iter()
     .fold(0.0, f64::max)
@@ -1424,6 +1489,51 @@ fn pin_self(cpu: u32) -> Result<()> {
         .context("running taskset -p")?;
     ensure!(status.success(), "taskset -p -c {cpu} failed: {status}");
     Ok(())
+}
+
+/// Waits until both CPUs were less than 10% busy over one second, or `max` has passed.
+fn wait_for_idle(max: Duration) -> Result<()> {
+    let started = Instant::now();
+    while started.elapsed() < max {
+        let before = cpu_times()?;
+        std::thread::sleep(Duration::from_secs(1));
+        let after = cpu_times()?;
+        let busiest = before
+            .iter()
+            .zip(&after)
+            .map(|((busy0, total0), (busy1, total1))| {
+                busy1.saturating_sub(*busy0) as f64 / total1.saturating_sub(*total0).max(1) as f64
+            })
+            .fold(0.0, f64::max);
+        if busiest < 0.10 {
+            return Ok(());
+        }
+    }
+    if !max.is_zero() {
+        eprintln!("the CPUs were not idle within {max:?}; measuring anyway");
+    }
+    Ok(())
+}
+
+/// (busy, total) jiffies of each CPU, from /proc/stat.
+fn cpu_times() -> Result<Vec<(u64, u64)>> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let cpus = stat
+        .lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .map(|line| {
+            let fields: Vec<u64> = line
+                .split_whitespace()
+                .skip(1)
+                .map(|f| f.parse().unwrap_or(0))
+                .collect();
+            let total: u64 = fields.iter().sum();
+            // idle and iowait.
+            let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+            (total - idle.min(total), total)
+        })
+        .collect();
+    Ok(cpus)
 }
 
 fn load_average() -> String {
