@@ -15,7 +15,7 @@ use svcplane_common::model::ObjectKey;
 
 use crate::conntrack::StaleFlow;
 use crate::desired::Shared;
-use crate::desired::service::Contribution;
+use crate::desired::service::{Contribution, Element};
 use crate::ruleset::{Chain, Set, Table, write_elements};
 
 /// The programmed state of one family.
@@ -52,14 +52,7 @@ impl Programmed {
             table.chains.insert(chain_name, chain);
             table.sets.insert(map_name, map);
         }
-        for c in contributions.values() {
-            for (set, element) in &c.elements {
-                if let Some(s) = table.sets.get_mut(set) {
-                    s.elements.insert(element.clone());
-                }
-            }
-        }
-        let script = table.replace_script();
+        let script = table.replace_script_with(&elements_by_set(&contributions));
         (
             Programmed {
                 base,
@@ -132,6 +125,20 @@ impl Programmed {
     }
 }
 
+/// Every contribution's elements by set, borrowed (the full render does not copy ~600k element
+/// strings of a large cluster into the table).
+fn elements_by_set(
+    contributions: &HashMap<ObjectKey, Arc<Contribution>>,
+) -> BTreeMap<&str, Vec<&str>> {
+    let mut by_set: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for c in contributions.values() {
+        for (set, element) in c.elements.iter() {
+            by_set.entry(set.as_str()).or_default().push(element);
+        }
+    }
+    by_set
+}
+
 /// The result of [`Programmed::update`].
 #[derive(Debug, Default)]
 pub struct Update {
@@ -196,10 +203,11 @@ impl Script {
     }
 
     fn swap_elements(&mut self, old: &Contribution, new: &Contribution) {
+        let owned = |(set, element): &Element| (set.to_string(), element.to_string());
         self.deletes
-            .extend(old.elements.difference(&new.elements).cloned());
+            .extend(old.elements.difference(&new.elements).map(owned));
         self.adds
-            .extend(new.elements.difference(&old.elements).cloned());
+            .extend(new.elements.difference(&old.elements).map(owned));
     }
 
     fn render(mut self, q: &str) -> Option<String> {

@@ -119,14 +119,26 @@ impl Table {
     /// A script that atomically replaces whatever table of that name exists with this one
     /// (`nft -f` runs a file as one transaction: there is no window without rules).
     pub fn replace_script(&self) -> String {
+        self.replace_script_with(&BTreeMap::new())
+    }
+
+    /// [`Table::replace_script`] with `extra` elements (by set name) added to the table's sets;
+    /// elements of sets the table lacks are ignored. Lets the planner render hundreds of
+    /// thousands of Service elements without copying them into the table.
+    pub fn replace_script_with(&self, extra: &BTreeMap<&str, Vec<&str>>) -> String {
         let q = self.qualified();
         let mut out = format!("add table {q}\ndelete table {q}\n");
-        self.write_definition(&mut out);
+        self.write_definition_with(&mut out, extra);
         out
     }
 
     /// The table as a `table … { … }` block followed by its elements.
     pub fn write_definition(&self, out: &mut String) {
+        self.write_definition_with(out, &BTreeMap::new());
+    }
+
+    /// [`Table::write_definition`] with `extra` elements, as in [`Table::replace_script_with`].
+    pub fn write_definition_with(&self, out: &mut String, extra: &BTreeMap<&str, Vec<&str>>) {
         let _ = writeln!(out, "table {} {{", self.qualified());
         for (name, set) in &self.sets {
             let _ = writeln!(out, "\t{} {name} {{", set.keyword);
@@ -156,23 +168,29 @@ impl Table {
             out.push_str("\t}\n");
         }
         out.push_str("}\n");
+        let q = self.qualified();
         for (name, set) in &self.sets {
-            write_elements(out, &self.qualified(), name, set.elements.iter(), "add");
+            // Sorted and unique, as a set of the union would iterate.
+            let mut all: Vec<&str> = set.elements.iter().map(String::as_str).collect();
+            all.extend(extra.get(name.as_str()).into_iter().flatten());
+            all.sort_unstable();
+            all.dedup();
+            write_elements(out, &q, name, all.into_iter(), "add");
         }
     }
 }
 
 /// Appends `add element`/`delete element` commands in batches (one command per 1000
 /// elements keeps lines bounded while nft still parses them quickly).
-pub fn write_elements<'a>(
+pub fn write_elements<S: AsRef<str>>(
     out: &mut String,
     qualified: &str,
     set: &str,
-    elements: impl Iterator<Item = &'a String>,
+    elements: impl Iterator<Item = S>,
     verb: &str,
 ) {
-    let mut batch: Vec<&String> = Vec::with_capacity(1000);
-    let flush = |batch: &mut Vec<&String>, out: &mut String| {
+    let mut batch: Vec<S> = Vec::with_capacity(1000);
+    let flush = |batch: &mut Vec<S>, out: &mut String| {
         if batch.is_empty() {
             return;
         }
@@ -181,7 +199,7 @@ pub fn write_elements<'a>(
             if i > 0 {
                 out.push_str(", ");
             }
-            out.push_str(e);
+            out.push_str(e.as_ref());
         }
         out.push_str(" }\n");
         batch.clear();

@@ -255,6 +255,17 @@ impl<'a> Builder<'a> {
         }
     }
 
+    /// The backends UDP flows to an external frontend may reach: its external backends and,
+    /// under eTP Local, the cluster-wide ones pods are short-circuited to (their stale
+    /// conntrack entries must go too).
+    fn external_flow_backends(&self) -> Vec<Backend> {
+        let mut all = self.external_backends().to_vec();
+        if self.sel.external_policy_local {
+            all.extend_from_slice(&self.sel.cluster);
+        }
+        all
+    }
+
     fn cluster_ip(&mut self, ip: &str) {
         let key = self.key(ip);
         let backends = self.internal_backends();
@@ -282,7 +293,8 @@ impl<'a> Builder<'a> {
                 self.add("fw-allow", format!("{key} . {}/{}", r.addr, r.len));
             }
         }
-        self.track_udp(ip, self.external_backends());
+        let flows = self.external_flow_backends();
+        self.track_udp(ip, &flows);
         self.frontend(
             &key,
             ["fe", "fe-pod", "masq-fe", "local-fe", "no-endpoints"],
@@ -293,7 +305,8 @@ impl<'a> Builder<'a> {
 
     fn node_port(&mut self, node_port: u16) {
         let key = format!("{} . {node_port}", proto(self.port.protocol));
-        self.track_udp_node_port(node_port, self.external_backends());
+        let flows = self.external_flow_backends();
+        self.track_udp_node_port(node_port, &flows);
         self.frontend(
             &key,
             ["np", "np-pod", "masq-np", "local-np", "no-endpoints-np"],
@@ -339,7 +352,7 @@ impl<'a> Builder<'a> {
     /// Elements for a frontend's backends; returns the verdict that reaches them.
     fn dispatch(&mut self, key: &str, backends: &[Backend], shared: Shared) -> String {
         if let Some(timeout) = self.service.affinity_timeout {
-            return self.affinity(key, backends, timeout);
+            return self.affinity(key, backends, timeout, shared);
         }
         let (chain, map) = shared.names();
         let map = SetName::from(map.as_str());
@@ -354,24 +367,42 @@ impl<'a> Builder<'a> {
     /// ClientIP affinity: a chain per frontend that first sends clients seen within the timeout
     /// to the backend they used, then picks at random and remembers the client in that backend's
     /// set (kube-proxy's layout; only affinity Services pay for chains).
-    fn affinity(&mut self, key: &str, backends: &[Backend], timeout: u32) -> String {
+    ///
+    /// The pod short-circuit of an eTP-Local frontend (`shared` Epx/NpEpx) has chains of its
+    /// own: it picks among other backends than the frontend's external traffic. Sets and
+    /// endpoint chains are named by endpoint, not position, so endpoints joining or leaving do
+    /// not hand remembered clients to another endpoint; set names carry the timeout, which an
+    /// existing set cannot change.
+    fn affinity(
+        &mut self,
+        key: &str,
+        backends: &[Backend],
+        timeout: u32,
+        shared: Shared,
+    ) -> String {
         let l3 = self.f.l3();
+        let scope = match shared {
+            Shared::Epx(_) | Shared::NpEpx(_) => format!("{key}/pod"),
+            Shared::Eps(_) | Shared::NpEps(_) => key.to_string(),
+        };
         let base = format!(
             "aff-{}-{}",
             safe_fragment(&self.service.key.name, 12),
             short_hash(&format!(
-                "{}/{}/{key}",
+                "{}/{}/{scope}",
                 self.service.key.namespace, self.service.key.name
             ))
         );
         let mut pick = Vec::new();
         let mut remembered = Vec::new();
         for (i, b) in backends.iter().enumerate() {
-            let (set, target) = (format!("{base}-{i}"), format!("{base}-e{i}"));
             let to = match b.ip {
                 std::net::IpAddr::V4(v4) => format!("{v4}:{}", b.port),
                 std::net::IpAddr::V6(v6) => format!("[{v6}]:{}", b.port),
             };
+            let endpoint = short_hash(&to);
+            let set = format!("{base}-{endpoint}-t{timeout}");
+            let target = format!("{base}-e{endpoint}");
             self.c.sets.push((
                 set.clone(),
                 Set::plain(&[
