@@ -26,6 +26,17 @@ pub struct Programmed {
     /// Shared per-backend-count objects that exist in the kernel, with how many Service
     /// contributions use each (deleted when none does).
     pub shared: BTreeMap<Shared, usize>,
+    /// Elements of sets several Services may add the same element to (an endpoint in two
+    /// Services' `hairpin` pairs), with how many contributions hold each: one Service letting
+    /// go must not delete what another still needs.
+    pub counted: HashMap<(String, Box<str>), usize>,
+}
+
+/// Sets whose elements are counted (see [`Programmed::counted`]).
+const COUNTED_SETS: [&str; 2] = ["hairpin", "cluster-ips"];
+
+fn counted(set: &str) -> bool {
+    COUNTED_SETS.contains(&set)
 }
 
 impl Programmed {
@@ -53,11 +64,20 @@ impl Programmed {
             table.sets.insert(map_name, map);
         }
         let script = table.replace_script_with(&elements_by_set(&contributions));
+        let mut refs: HashMap<(String, Box<str>), usize> = HashMap::new();
+        for c in contributions.values() {
+            for (set, element) in c.elements.iter().filter(|(s, _)| counted(s.as_str())) {
+                *refs
+                    .entry((set.as_str().to_string(), element.clone()))
+                    .or_default() += 1;
+            }
+        }
         (
             Programmed {
                 base,
                 contributions,
                 shared,
+                counted: refs,
             },
             script,
         )
@@ -92,7 +112,7 @@ impl Programmed {
             }
             stale.extend(old.udp.difference(&new.udp).copied());
             script.swap_own(&q, &old, &new);
-            script.swap_elements(&old, &new);
+            self.swap_elements(&mut script, &old, &new);
             if new.elements.is_empty() && new.chains.is_empty() {
                 self.contributions.remove(&key);
             } else {
@@ -125,6 +145,50 @@ impl Programmed {
     }
 }
 
+impl Programmed {
+    /// Element deletes and adds from `old` to `new`; counted sets change only when the first
+    /// contribution adds an element or the last one drops it.
+    fn swap_elements(&mut self, script: &mut Script, old: &Contribution, new: &Contribution) {
+        for (set, element) in old.elements.difference(&new.elements) {
+            if counted(set.as_str()) && !self.release(set.as_str(), element) {
+                continue;
+            }
+            script.deletes.push((set.to_string(), element.to_string()));
+        }
+        for (set, element) in new.elements.difference(&old.elements) {
+            if counted(set.as_str()) && !self.hold(set.as_str(), element) {
+                continue;
+            }
+            script.adds.push((set.to_string(), element.to_string()));
+        }
+    }
+
+    /// Takes a reference; true if the element is new to the kernel.
+    fn hold(&mut self, set: &str, element: &str) -> bool {
+        let n = self
+            .counted
+            .entry((set.to_string(), element.into()))
+            .or_default();
+        *n += 1;
+        *n == 1
+    }
+
+    /// Drops a reference; true if nothing holds the element any more.
+    fn release(&mut self, set: &str, element: &str) -> bool {
+        let key = (set.to_string(), Box::<str>::from(element));
+        match self.counted.get_mut(&key) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            _ => {
+                self.counted.remove(&key);
+                true
+            }
+        }
+    }
+}
+
 /// Every contribution's elements by set, borrowed (the full render does not copy ~600k element
 /// strings of a large cluster into the table).
 fn elements_by_set(
@@ -135,6 +199,10 @@ fn elements_by_set(
         for (set, element) in c.elements.iter() {
             by_set.entry(set.as_str()).or_default().push(element);
         }
+    }
+    for elements in by_set.values_mut() {
+        elements.sort_unstable();
+        elements.dedup();
     }
     by_set
 }
@@ -202,14 +270,6 @@ impl Script {
         }
     }
 
-    fn swap_elements(&mut self, old: &Contribution, new: &Contribution) {
-        let owned = |(set, element): &Element| (set.to_string(), element.to_string());
-        self.deletes
-            .extend(old.elements.difference(&new.elements).map(owned));
-        self.adds
-            .extend(new.elements.difference(&old.elements).map(owned));
-    }
-
     fn render(mut self, q: &str) -> Option<String> {
         let mut out = std::mem::take(&mut self.create);
         // A map element is deleted by its key; the same key may be re-added with a new value.
@@ -250,6 +310,10 @@ fn group(items: impl IntoIterator<Item = (String, String)>) -> Vec<(String, Vec<
     let mut map: std::collections::BTreeMap<String, Vec<String>> = Default::default();
     for (set, element) in items {
         map.entry(set).or_default().push(element);
+    }
+    for elements in map.values_mut() {
+        elements.sort_unstable();
+        elements.dedup();
     }
     map.into_iter().collect()
 }

@@ -203,9 +203,11 @@ impl Syncer {
         };
         let mut script = String::new();
         let mut stale = Vec::new();
-        let mut next = self.programmed.clone();
+        // The programmed state is updated in place (copying it costs milliseconds at 50k
+        // Services); if the transaction fails, `step` makes the next sync a full one, which
+        // rebuilds it from scratch.
         for &f in &self.families {
-            let Some(programmed) = next.get_mut(&f) else {
+            let Some(programmed) = self.programmed.get_mut(&f) else {
                 return self.full(snapshot).await;
             };
             let changes = services
@@ -221,7 +223,6 @@ impl Syncer {
         if !script.is_empty() {
             self.nft.apply(&script).await?;
         }
-        self.programmed = next;
         if !stale.is_empty() {
             // Only after the rules no longer lead to the old backends: else new entries would
             // be created right after the old ones are gone.

@@ -316,3 +316,50 @@ impl Ns {
         out
     }
 }
+
+/// Two Services selecting the same pods share `hairpin` elements: deleting one Service must keep
+/// the pairs the other still needs, and deleting both must remove them (kernel-checked).
+#[tokio::test]
+async fn shared_hairpin_elements_survive_one_owner() {
+    if !root() {
+        eprintln!("skipped: needs root for network namespaces");
+        return;
+    }
+    let config = config();
+    let mut store = Store::default();
+    let mut slice_b = slice("b", &["10.244.0.1", "10.244.0.2"]);
+    if let Object::EndpointSlice(s) = &mut slice_b {
+        Arc::make_mut(s).key = ObjectKey::new("ns", "b-1");
+    }
+    store.apply(SourceEvent::Replace {
+        kind: Kind::Service,
+        objects: vec![
+            service("a", "10.96.0.1", false),
+            service("b", "10.96.0.2", false),
+        ],
+    });
+    store.apply(SourceEvent::Replace {
+        kind: Kind::EndpointSlice,
+        objects: vec![slice("a", &["10.244.0.1", "10.244.0.2"]), slice_b],
+    });
+    let (_, before, _) = contributions(&mut store, &config);
+    let base = base_table(&config, NftFamily::Ip);
+    let (mut programmed, full) = Programmed::full(base.clone(), before);
+    let ns = Ns::new("hairpin");
+    ns.apply(&full);
+    let hairpin = |ns: &Ns| ns.nft(&["list", "set", "ip", "svcplane", "hairpin"], None);
+    let a = ObjectKey::new("ns", "a");
+    let b = ObjectKey::new("ns", "b");
+    let update = programmed.update(vec![(a, None)]).script.expect("a goes");
+    ns.apply(&update);
+    assert!(
+        hairpin(&ns).contains("10.244.0.1 . 10.244.0.1"),
+        "b still needs it:\n{update}"
+    );
+    let update = programmed.update(vec![(b, None)]).script.expect("b goes");
+    ns.apply(&update);
+    assert!(
+        !hairpin(&ns).contains("10.244.0.1"),
+        "nobody needs it:\n{update}"
+    );
+}
