@@ -15,7 +15,7 @@ use svcplane_common::model::ObjectKey;
 
 use crate::conntrack::StaleFlow;
 use crate::desired::Shared;
-use crate::desired::service::{Contribution, Element};
+use crate::desired::service::Contribution;
 use crate::ruleset::{Chain, Set, Table, write_elements};
 
 /// The programmed state of one family.
