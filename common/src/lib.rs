@@ -8,5 +8,6 @@ pub mod catalog;
 pub mod config;
 pub mod convert;
 pub mod health;
+pub mod intern;
 pub mod model;
 pub mod source;

@@ -291,7 +291,8 @@ pub struct EndpointSlice {
 /// Endpoints of one Service merged across its slices: each endpoint with the ports of its slice.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MergedEndpoint {
-    pub endpoint: Endpoint,
+    /// Shared with the stored slice it came from.
+    pub endpoint: Arc<Endpoint>,
     pub ports: Arc<[EndpointPort]>,
 }
 

@@ -22,11 +22,28 @@ fn rank(e: &Endpoint) -> u8 {
     }
 }
 
+/// A slice as the store keeps it: its ports shared, its endpoints behind `Arc`s that the merged
+/// lists share (a large cluster's endpoints are then held once, not once per copy).
+#[derive(Debug, PartialEq, Eq)]
+pub struct StoredSlice {
+    pub ports: Arc<[EndpointPort]>,
+    pub endpoints: Vec<Arc<Endpoint>>,
+}
+
+impl StoredSlice {
+    pub fn new(slice: &EndpointSlice) -> StoredSlice {
+        StoredSlice {
+            ports: slice.ports.clone().into(),
+            endpoints: slice.endpoints.iter().cloned().map(Arc::new).collect(),
+        }
+    }
+}
+
 /// Merges slices (given in slice-name order) into the endpoints of their Service.
-pub fn merge<'a>(slices: impl IntoIterator<Item = &'a EndpointSlice>) -> Arc<[MergedEndpoint]> {
-    let mut chosen: BTreeMap<(IpAddr, Arc<[EndpointPort]>), Endpoint> = BTreeMap::new();
+pub fn merge<'a>(slices: impl IntoIterator<Item = &'a StoredSlice>) -> Arc<[MergedEndpoint]> {
+    let mut chosen: BTreeMap<(IpAddr, Arc<[EndpointPort]>), Arc<Endpoint>> = BTreeMap::new();
     for slice in slices {
-        let ports: Arc<[EndpointPort]> = slice.ports.clone().into();
+        let ports = &slice.ports;
         for endpoint in &slice.endpoints {
             let key = (endpoint.ip, ports.clone());
             match chosen.get(&key) {
@@ -63,8 +80,8 @@ mod tests {
         }
     }
 
-    fn slice(name: &str, port: u16, endpoints: Vec<Endpoint>) -> EndpointSlice {
-        EndpointSlice {
+    fn slice(name: &str, port: u16, endpoints: Vec<Endpoint>) -> StoredSlice {
+        StoredSlice::new(&EndpointSlice {
             key: ObjectKey::new("ns", name),
             service_name: Some("svc".into()),
             family: Family::V4,
@@ -74,7 +91,7 @@ mod tests {
                 port,
             }],
             endpoints,
-        }
+        })
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::source::SourceEvent;
 pub struct Store {
     snap: Snapshot,
     /// Slices grouped by the key of the Service they belong to, in slice-name order.
-    slices: HashMap<ObjectKey, BTreeMap<Arc<str>, Arc<EndpointSlice>>>,
+    slices: HashMap<ObjectKey, BTreeMap<Arc<str>, merge::StoredSlice>>,
     /// Every known slice and the Service it belongs to (None: no `kubernetes.io/service-name`).
     slice_owner: HashMap<ObjectKey, Option<ObjectKey>>,
     /// Services changed since the last snapshot.
@@ -175,12 +175,15 @@ impl Store {
             namespace: slice.key.namespace.clone(),
             name: svc.clone(),
         });
-        if let Some(Some(old_owner)) = self.slice_owner.get(&slice.key) {
-            let unchanged = self
-                .slices
-                .get(old_owner)
-                .and_then(|m| m.get(&slice.key.name))
-                .is_some_and(|old| **old == *slice);
+        let stored = merge::StoredSlice::new(&slice);
+        if let Some(old_owner) = self.slice_owner.get(&slice.key) {
+            let unchanged = *old_owner == owner
+                && old_owner.as_ref().is_none_or(|o| {
+                    self.slices
+                        .get(o)
+                        .and_then(|m| m.get(&slice.key.name))
+                        .is_some_and(|old| *old == stored)
+                });
             if unchanged {
                 return;
             }
@@ -191,7 +194,7 @@ impl Store {
             self.slices
                 .entry(owner.clone())
                 .or_default()
-                .insert(slice.key.name.clone(), slice);
+                .insert(slice.key.name.clone(), stored);
             self.remerge.insert(owner);
         }
     }
@@ -212,7 +215,7 @@ impl Store {
 
     fn remerge_endpoints(&mut self, service: &ObjectKey) {
         let merged = match self.slices.get(service) {
-            Some(slices) => merge::merge(slices.values().map(|s| &**s)),
+            Some(slices) => merge::merge(slices.values()),
             None => Arc::from(Vec::new()),
         };
         let old = self.snap.endpoints.get(service);

@@ -116,8 +116,8 @@ fn endpoint(i: usize, e: &api::Endpoint, family: Family) -> Result<Endpoint, Con
     Ok(Endpoint {
         ip,
         hostname,
-        node_name,
-        zone: zone.map(Into::into),
+        node_name: node_name.map(|n| crate::intern::intern(&n)),
+        zone: zone.map(crate::intern::intern),
         ready,
         serving: conditions.serving.unwrap_or(ready),
         terminating: conditions.terminating.unwrap_or(false),
@@ -192,7 +192,7 @@ fn hint_names<'a>(
             if name.is_empty() {
                 Err(ConvertError::required(format!("{field}[{k}].name")))
             } else {
-                Ok(name.as_str().into())
+                Ok(crate::intern::intern(name))
             }
         })
         .collect()

@@ -85,7 +85,7 @@ fn at(e: Endpoint, number: u16) -> MergedEndpoint {
 
 fn with_ports(e: Endpoint, ports: Vec<EndpointPort>) -> MergedEndpoint {
     MergedEndpoint {
-        endpoint: e,
+        endpoint: Arc::new(e),
         ports: Arc::from(ports),
     }
 }
