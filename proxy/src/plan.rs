@@ -7,7 +7,7 @@
 //! affinity chains of those Services — so a sync costs O(change). Both are pure; the executor
 //! runs the scripts.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write;
 use std::sync::Arc;
 
@@ -30,6 +30,11 @@ pub struct Programmed {
     /// Services' `hairpin` pairs), with how many contributions hold each: one Service letting
     /// go must not delete what another still needs.
     pub counted: HashMap<(String, Box<str>), usize>,
+    /// Map keys several Services claimed with different values at the last full render (two
+    /// Services on one address and port: externalIPs allow it, manifests do not prevent it).
+    /// The full render gives each to the first Service in key order; a change touching one is
+    /// rendered in full again, so that the key passes on when its owner lets go.
+    pub contested: HashSet<(String, Box<str>)>,
 }
 
 /// Sets whose elements are counted (see [`Programmed::counted`]).
@@ -63,7 +68,12 @@ impl Programmed {
             table.chains.insert(chain_name, chain);
             table.sets.insert(map_name, map);
         }
-        let script = table.replace_script_with(&elements_by_set(&contributions));
+        let (elements, contested) = elements_by_set(&contributions);
+        let script = table.replace_script_with(&elements);
+        let contested = contested
+            .into_iter()
+            .map(|(set, key)| (set.to_string(), Box::from(key)))
+            .collect();
         let mut refs: HashMap<(String, Box<str>), usize> = HashMap::new();
         for c in contributions.values() {
             for (set, element) in c.elements.iter().filter(|(s, _)| counted(s.as_str())) {
@@ -78,6 +88,7 @@ impl Programmed {
                 contributions,
                 shared,
                 counted: refs,
+                contested,
             },
             script,
         )
@@ -103,6 +114,12 @@ impl Programmed {
             let new = new.unwrap_or(empty);
             if old == new {
                 continue;
+            }
+            if self.touches_contested(&old, &new) {
+                return Update {
+                    full: true,
+                    ..Update::default()
+                };
             }
             for s in new.needs.difference(&old.needs) {
                 *delta.entry(*s).or_default() += 1;
@@ -141,11 +158,28 @@ impl Programmed {
         Update {
             script: script.render(&q),
             stale,
+            full: false,
         }
     }
 }
 
 impl Programmed {
+    /// Whether going from `old` to `new` adds or drops a claim on a contested map key.
+    fn touches_contested(&self, old: &Contribution, new: &Contribution) -> bool {
+        if self.contested.is_empty() {
+            return false;
+        }
+        let changed = old.elements.difference(&new.elements);
+        changed
+            .chain(new.elements.difference(&old.elements))
+            .any(|(set, element)| {
+                map_key(element).is_some_and(|key| {
+                    self.contested
+                        .contains(&(set.as_str().to_string(), Box::from(key)))
+                })
+            })
+    }
+
     /// Element deletes and adds from `old` to `new`; counted sets change only when the first
     /// contribution adds an element or the last one drops it.
     fn swap_elements(&mut self, script: &mut Script, old: &Contribution, new: &Contribution) {
@@ -189,22 +223,58 @@ impl Programmed {
     }
 }
 
+/// Elements by set, borrowed.
+type BySet<'a> = BTreeMap<&'a str, Vec<&'a str>>;
+
 /// Every contribution's elements by set, borrowed (the full render does not copy ~600k element
-/// strings of a large cluster into the table).
+/// strings of a large cluster into the table), and the map keys claimed with different values
+/// (see [`Programmed::contested`]), each left with the elements of the first Service in key
+/// order that claims it.
 fn elements_by_set(
     contributions: &HashMap<ObjectKey, Arc<Contribution>>,
-) -> BTreeMap<&str, Vec<&str>> {
-    let mut by_set: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+) -> (BySet<'_>, HashSet<(&str, &str)>) {
+    let mut by_set: BySet<'_> = BTreeMap::new();
     for c in contributions.values() {
         for (set, element) in c.elements.iter() {
             by_set.entry(set.as_str()).or_default().push(element);
         }
     }
-    for elements in by_set.values_mut() {
+    let mut contested = HashSet::new();
+    for (set, elements) in by_set.iter_mut() {
         elements.sort_unstable();
         elements.dedup();
+        // Sorted, the claims of one key (`key : value`) are neighbours.
+        for pair in elements.windows(2) {
+            if let (Some(a), Some(b)) = (map_key(pair[0]), map_key(pair[1]))
+                && a == b
+            {
+                contested.insert((*set, a));
+            }
+        }
     }
-    by_set
+    if !contested.is_empty() {
+        let mut keys: Vec<&ObjectKey> = contributions.keys().collect();
+        keys.sort();
+        let mut owner: HashMap<(&str, &str), &str> = HashMap::new();
+        for (set, element) in keys.iter().flat_map(|k| contributions[*k].elements.iter()) {
+            if let Some(key) = map_key(element)
+                && contested.contains(&(set.as_str(), key))
+            {
+                owner.entry((set.as_str(), key)).or_insert(element);
+            }
+        }
+        for (set, elements) in by_set.iter_mut() {
+            elements.retain(|e| {
+                map_key(e).is_none_or(|key| owner.get(&(*set, key)).is_none_or(|o| o == e))
+            });
+        }
+    }
+    (by_set, contested)
+}
+
+/// The key of a map element (`key : value`); None for a set element.
+fn map_key(element: &str) -> Option<&str> {
+    element.split_once(" : ").map(|(key, _)| key)
 }
 
 /// The result of [`Programmed::update`].
@@ -214,6 +284,9 @@ pub struct Update {
     pub script: Option<String>,
     /// UDP conntrack state the change makes stale (deleted after the transaction succeeds).
     pub stale: Vec<StaleFlow>,
+    /// The change touches a contested map key: render in full instead (`self` is then only
+    /// partly updated).
+    pub full: bool,
 }
 
 /// An incremental transaction, collected in the order nft must run it.

@@ -215,6 +215,9 @@ impl Syncer {
                 .map(|key| (key.clone(), contribution_of(&config, snapshot, key, f)))
                 .collect();
             let update = programmed.update(changes);
+            if update.full {
+                return self.full(snapshot).await;
+            }
             if let Some(s) = update.script {
                 script.push_str(&s);
             }
@@ -281,11 +284,14 @@ impl Syncer {
                 .chains
                 .get("services")
                 .map_or(0, |c| c.rules.len());
+            // Distinct keys: Services claiming one frontend share one element.
             let fe = programmed
                 .contributions
                 .values()
-                .map(|c| c.elements.iter().filter(|(s, _)| s == "fe").count())
-                .sum();
+                .flat_map(|c| c.elements.iter().filter(|(s, _)| s == "fe"))
+                .map(|(_, e)| e.split_once(" : ").map_or(&**e, |(k, _)| k))
+                .collect::<std::collections::HashSet<_>>()
+                .len();
             if !self.nft.verify(*f, rules, fe).await? {
                 return Ok(false);
             }

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use proxy_support::Proto::{Tcp, Udp};
 use proxy_support::{
-    Backend, CONVERGE, DROP_WAIT, EXCHANGE, Endpoint, LineClient, LineEcho, Outcome, Service,
+    Backend, CONVERGE, DROP_WAIT, EXCHANGE, Endpoint, Lab, LineClient, LineEcho, Outcome, Service,
     Slice, UdpFlow, answer_from, answers, await_outcome, masquerade_address, port, request_stream,
     tally, tcp, tcp_probe, udp, udp_probe,
 };
@@ -55,6 +55,8 @@ scenarios!(
     terminating_endpoints_serve_when_no_endpoint_is_ready,
     missing_backends_are_refused_and_unallocated_addresses_dropped,
     a_pod_reaching_itself_through_its_service_is_masqueraded,
+    hairpin_survives_another_service_of_the_pod_going_away,
+    services_claiming_one_address_do_not_take_down_the_others,
     udp_clients_move_to_the_new_backend_when_the_old_one_goes,
     short_circuited_udp_pods_move_when_a_remote_endpoint_goes,
     ipv6_cluster_ips_of_dual_stack_services_work,
@@ -94,7 +96,7 @@ fn web(name: &str, cluster_ip: &str, pods: &[&Pod]) -> (Service, Slice) {
 /// kube-proxy: each connection to a ClusterIP picks any ready endpoint, per Service port, with a
 /// named targetPort resolved per endpoint; pod traffic keeps its source address.
 fn cluster_ip_balances_over_every_endpoint_and_port(backend: Backend) {
-    let mut lab = proxy_support::Lab::new(backend, 2);
+    let mut lab = Lab::new(backend, 2);
     let (a, b, c) = (lab.pod(0, "a"), lab.pod(0, "b"), lab.pod(1, "c"));
     let client = lab.pod(0, "client");
     // `http` is 8080 on a and b but 9090 on c: two slices, one port name.
@@ -135,7 +137,7 @@ fn cluster_ip_balances_over_every_endpoint_and_port(backend: Backend) {
 /// kube-proxy: external traffic to a NodePort (and to a ClusterIP from outside the cluster CIDR)
 /// reaches any endpoint, masqueraded to the node.
 fn node_port_from_outside_is_masqueraded_to_the_node(backend: Backend) {
-    let mut lab = proxy_support::Lab::new(backend, 2);
+    let mut lab = Lab::new(backend, 2);
     let (a, c) = (lab.pod(0, "a"), lab.pod(1, "c"));
     let _servers = [lab.echo(&a, &[HTTP], &[]), lab.echo(&c, &[HTTP], &[])];
     let (mut svc, slice) = web("np", "10.96.2.1", &[&a, &c]);
@@ -160,7 +162,7 @@ fn node_port_from_outside_is_masqueraded_to_the_node(backend: Backend) {
 /// kube-proxy: loadBalancerSourceRanges admit listed sources to the load-balancer IP and drop
 /// the others; external IPs are not subject to them.
 fn load_balancer_source_ranges_admit_listed_clients_only(backend: Backend) {
-    let mut lab = proxy_support::Lab::new(backend, 2);
+    let mut lab = Lab::new(backend, 2);
     lab.cluster
         .route_external("198.51.100.0/24".parse().unwrap(), 0)
         .unwrap();
@@ -198,7 +200,7 @@ fn load_balancer_source_ranges_admit_listed_clients_only(backend: Backend) {
 /// kube-proxy: with ClientIP affinity a client keeps its endpoint until timeoutSeconds pass
 /// without a new connection; then the endpoint is chosen anew.
 fn client_ip_affinity_sticks_until_its_timeout(backend: Backend) {
-    let mut lab = proxy_support::Lab::new(backend, 2);
+    let mut lab = Lab::new(backend, 2);
     let pods = [
         lab.pod(0, "a"),
         lab.pod(0, "b"),
@@ -247,7 +249,7 @@ fn client_ip_affinity_sticks_until_its_timeout(backend: Backend) {
 /// kube-proxy: ClientIP affinity is remembered per endpoint, so endpoints joining the Service do
 /// not move a client off the endpoint it uses.
 fn client_ip_affinity_survives_endpoints_joining(backend: Backend) {
-    let mut lab = proxy_support::Lab::new(backend, 2);
+    let mut lab = Lab::new(backend, 2);
     // `early` has the lowest address: joining, it sorts before every other endpoint.
     let early = lab.pod(0, "early");
     let pods = [lab.pod(0, "b"), lab.pod(1, "c"), lab.pod(1, "d")];
@@ -270,7 +272,7 @@ fn client_ip_affinity_survives_endpoints_joining(backend: Backend) {
 /// kube-proxy: a changed sessionAffinityConfig timeoutSeconds governs how long clients are
 /// remembered from then on.
 fn a_changed_affinity_timeout_applies(backend: Backend) {
-    let mut lab = proxy_support::Lab::new(backend, 2);
+    let mut lab = Lab::new(backend, 2);
     let pods = [lab.pod(0, "a"), lab.pod(1, "c")];
     let client = lab.pod(0, "client");
     let _servers = pods.each_ref().map(|p| lab.echo(p, &[HTTP], &[]));
@@ -303,7 +305,7 @@ fn a_changed_affinity_timeout_applies(backend: Backend) {
 /// kube-proxy: with externalTrafficPolicy Local, external clients of an affinity Service reach
 /// only node-local endpoints (keeping their address) while pods still reach every endpoint.
 fn affinity_under_external_policy_local_keeps_external_clients_local(backend: Backend) {
-    let mut lab = proxy_support::Lab::new(backend, 2);
+    let mut lab = Lab::new(backend, 2);
     let (a, c) = (lab.pod(0, "a"), lab.pod(1, "c"));
     let client0 = lab.pod(0, "client");
     let _servers = [lab.echo(&a, &[HTTP], &[]), lab.echo(&c, &[HTTP], &[])];
@@ -335,7 +337,7 @@ fn affinity_under_external_policy_local_keeps_external_clients_local(backend: Ba
 /// endpoints drops external traffic but short-circuits its pods' traffic to every endpoint, and
 /// its healthCheckNodePort answers 503.
 fn external_traffic_policy_local_keeps_the_client_address(backend: Backend) {
-    let mut lab = proxy_support::Lab::new(backend, 3);
+    let mut lab = Lab::new(backend, 3);
     let (a, c) = (lab.pod(0, "a"), lab.pod(1, "c"));
     let client2 = lab.pod(2, "client");
     let _servers = [lab.echo(&a, &[HTTP], &[]), lab.echo(&c, &[HTTP], &[])];
@@ -369,13 +371,15 @@ fn external_traffic_policy_local_keeps_the_client_address(backend: Backend) {
                 .all(|id| id.client.ip() == IpAddr::from(EXTERNAL_IPV4))
         );
     }
-    let ids = answers(Tcp, external, node_port(0, 30052), 20);
+    let target = node_port(0, 30052);
+    let ids = answers(Tcp, external, target, 20);
     println!("Cluster, external → node 0: {:?}", tally(&ids));
     assert_eq!(names(&ids), set(&["a", "c"]));
-    assert!(
-        ids.iter()
-            .all(|id| id.client.ip() != IpAddr::from(EXTERNAL_IPV4))
-    );
+    for id in &ids {
+        let backend_pod = if id.name == "a" { &a } else { &c };
+        let masqueraded = masquerade_address(lab.node(0), backend_pod, target.ip());
+        assert_eq!(id.client.ip(), masqueraded, "{id:?}");
+    }
 
     let dropped = tcp_probe(external, node_port(2, 30051), DROP_WAIT);
     assert_eq!(dropped, Outcome::Dropped, "node 2 has no local endpoint");
@@ -398,7 +402,7 @@ fn external_traffic_policy_local_keeps_the_client_address(backend: Backend) {
 /// kube-proxy: internalTrafficPolicy Local sends ClusterIP traffic only to endpoints on the
 /// client's node, and drops it on a node without one.
 fn internal_traffic_policy_local_stays_on_the_node(backend: Backend) {
-    let mut lab = proxy_support::Lab::new(backend, 2);
+    let mut lab = Lab::new(backend, 2);
     let (a, b, c) = (lab.pod(0, "a"), lab.pod(0, "b"), lab.pod(1, "c"));
     let (client0, client1) = (lab.pod(0, "client0"), lab.pod(1, "client1"));
     let _servers = [&a, &b, &c].map(|p| lab.echo(p, &[HTTP], &[]));
@@ -424,7 +428,7 @@ fn internal_traffic_policy_local_stays_on_the_node(backend: Backend) {
 /// kube-proxy: when no endpoint is ready, serving-and-terminating endpoints are used; when none
 /// serves either, connections are rejected.
 fn terminating_endpoints_serve_when_no_endpoint_is_ready(backend: Backend) {
-    let mut lab = proxy_support::Lab::new(backend, 2);
+    let mut lab = Lab::new(backend, 2);
     let (a, c) = (lab.pod(0, "a"), lab.pod(1, "c"));
     let client = lab.pod(0, "client");
     let _servers = [lab.echo(&a, &[HTTP], &[]), lab.echo(&c, &[HTTP], &[])];
@@ -470,7 +474,7 @@ fn assert_refused_fast(outcome: Outcome, what: &str) {
 /// (ICMP port unreachable), an unallocated address of the service CIDR is dropped; from pods
 /// (forward) and from the node itself (output).
 fn missing_backends_are_refused_and_unallocated_addresses_dropped(backend: Backend) {
-    let mut lab = proxy_support::Lab::new(backend, 2);
+    let mut lab = Lab::new(backend, 2);
     let a = lab.pod(1, "a");
     let client = lab.pod(0, "client");
     let _server = lab.echo(&a, &[HTTP], &[DNS]);
@@ -500,7 +504,7 @@ fn missing_backends_are_refused_and_unallocated_addresses_dropped(backend: Backe
 /// kube-proxy: an endpoint reaching itself through its Service (hairpin) is masqueraded, so the
 /// answer comes back through the node.
 fn a_pod_reaching_itself_through_its_service_is_masqueraded(backend: Backend) {
-    let mut lab = proxy_support::Lab::new(backend, 2);
+    let mut lab = Lab::new(backend, 2);
     let a = lab.pod(0, "a");
     let _server = lab.echo(&a, &[HTTP], &[DNS]);
     let (mut svc, slice) = web("self", "10.96.9.1", &[&a]);
@@ -518,11 +522,71 @@ fn a_pod_reaching_itself_through_its_service_is_masqueraded(backend: Backend) {
     assert_eq!((id.name.as_str(), id.client.ip()), ("a", gateway), "{id:?}");
 }
 
+/// kube-proxy: hairpin masquerade belongs to each Service's endpoint, so it survives another
+/// Service of the same pod being deleted or losing the pod.
+fn hairpin_survives_another_service_of_the_pod_going_away(backend: Backend) {
+    let mut lab = Lab::new(backend, 1);
+    let (a, b) = (lab.pod(0, "a"), lab.pod(0, "b"));
+    let _servers = [lab.echo(&a, &[HTTP], &[]), lab.echo(&b, &[HTTP], &[])];
+    let (one, mut one_slice) = web("one", "10.96.21.1", &[&a]);
+    let (two, two_slice) = web("two", "10.96.21.2", &[&a]);
+    lab.apply("one.yaml", &[one.doc(), one_slice.doc()]);
+    lab.apply("two.yaml", &[two.doc(), two_slice.doc()]);
+    lab.start_proxies();
+    let gateway = IpAddr::from(lab.node(0).gateway_v4());
+    let hairpin = |svc: &Service| {
+        let id = tcp(&a.ns, svc.vip(80)).identity(&format!("a → {}", svc.name));
+        assert_eq!((id.name.as_str(), id.client.ip()), ("a", gateway), "{id:?}");
+    };
+    hairpin(&one);
+    hairpin(&two);
+
+    one_slice.endpoints = vec![Endpoint::ready(&b)];
+    lab.apply_and_sync("one.yaml", &[one.doc(), one_slice.doc()]);
+    hairpin(&two);
+    lab.delete("one.yaml");
+    await_outcome(Tcp, &a.ns, one.vip(80), &Outcome::Dropped, CONVERGE);
+    hairpin(&two);
+}
+
+/// kube-proxy serves every Service it can: two Services claiming one address and port (which
+/// externalIPs allow, and manifests do not prevent) leave the rest of the catalog programmed,
+/// one of them serving the address.
+fn services_claiming_one_address_do_not_take_down_the_others(backend: Backend) {
+    let mut lab = Lab::new(backend, 1);
+    let pods = [lab.pod(0, "a"), lab.pod(0, "b"), lab.pod(0, "c")];
+    let client = lab.pod(0, "client");
+    let _servers = pods.each_ref().map(|p| lab.echo(p, &[HTTP], &[]));
+    let [a, b, c] = &pods;
+    let (good, good_slice) = web("good", "10.96.22.1", &[a]);
+    let (one, one_slice) = web("one", "10.96.22.5", &[b]);
+    let (two, two_slice) = web("two", "10.96.22.5", &[c]);
+    lab.apply("good.yaml", &[good.doc(), good_slice.doc()]);
+    lab.apply("one.yaml", &[one.doc(), one_slice.doc()]);
+    lab.apply("two.yaml", &[two.doc(), two_slice.doc()]);
+    lab.start_proxies();
+    assert_eq!(tcp(&client.ns, good.vip(80)).identity("good").name, "a");
+    let id = tcp(&client.ns, one.vip(80)).identity("shared address");
+    assert!(["b", "c"].contains(&id.name.as_str()), "{id:?}");
+
+    // Changes after the conflict still apply, the conflict's included.
+    let (three, three_slice) = web("three", "10.96.22.5", &[a]);
+    lab.apply("three.yaml", &[three.doc(), three_slice.doc()]);
+    let (good, good_slice) = web("good", "10.96.22.1", &[b]);
+    lab.apply("good.yaml", &[good.doc(), good_slice.doc()]);
+    await_outcome(Tcp, &client.ns, good.vip(80), &answer_from("b"), CONVERGE);
+    lab.delete("one.yaml");
+    lab.delete("two.yaml");
+    lab.delete("three.yaml");
+    await_outcome(Tcp, &client.ns, one.vip(80), &Outcome::Dropped, CONVERGE);
+    assert_eq!(tcp(&client.ns, good.vip(80)).identity("good").name, "b");
+}
+
 /// kube-proxy: when a UDP Service loses an endpoint, its conntrack entries are deleted, so a
 /// client that keeps sending from the same port (to the ClusterIP or a NodePort) moves to the
 /// remaining endpoints.
 fn udp_clients_move_to_the_new_backend_when_the_old_one_goes(backend: Backend) {
-    let mut lab = proxy_support::Lab::new(backend, 2);
+    let mut lab = Lab::new(backend, 2);
     let (old, new) = (lab.pod(1, "old"), lab.pod(0, "new"));
     let client = lab.pod(0, "client");
     let _servers = [lab.echo(&old, &[], &[DNS]), lab.echo(&new, &[], &[DNS])];
@@ -566,7 +630,7 @@ fn udp_clients_move_to_the_new_backend_when_the_old_one_goes(backend: Backend) {
 /// short-circuited past externalTrafficPolicy Local (to the LB IP or a NodePort) also move off
 /// a removed remote endpoint.
 fn short_circuited_udp_pods_move_when_a_remote_endpoint_goes(backend: Backend) {
-    let mut lab = proxy_support::Lab::new(backend, 2);
+    let mut lab = Lab::new(backend, 2);
     let (old, new) = (lab.pod(1, "old"), lab.pod(1, "new"));
     let client = lab.pod(0, "client");
     let _servers = [lab.echo(&old, &[], &[DNS]), lab.echo(&new, &[], &[DNS])];
@@ -604,7 +668,7 @@ fn short_circuited_udp_pods_move_when_a_remote_endpoint_goes(backend: Backend) {
 
 /// kube-proxy: a dual-stack Service is served on its IPv6 ClusterIP by the IPv6 endpoints.
 fn ipv6_cluster_ips_of_dual_stack_services_work(backend: Backend) {
-    let mut lab = proxy_support::Lab::new(backend, 2);
+    let mut lab = Lab::new(backend, 2);
     let (a, c) = (lab.pod(0, "a"), lab.pod(1, "c"));
     let client = lab.pod(0, "client");
     let _servers = [lab.echo(&a, &[HTTP], &[DNS]), lab.echo(&c, &[HTTP], &[DNS])];
@@ -649,7 +713,7 @@ fn ipv6_cluster_ips_of_dual_stack_services_work(backend: Backend) {
 /// kube-proxy: endpoint changes are programmed as they come (scale up, scale to zero rejects);
 /// a deleted Service's ClusterIP becomes an unallocated address (dropped).
 fn endpoint_and_service_changes_reach_the_packet_path(backend: Backend) {
-    let mut lab = proxy_support::Lab::new(backend, 2);
+    let mut lab = Lab::new(backend, 2);
     let (a, b, c) = (lab.pod(0, "a"), lab.pod(0, "b"), lab.pod(1, "c"));
     let client = lab.pod(1, "client");
     let _servers = [&a, &b, &c].map(|p| lab.echo(p, &[HTTP], &[]));
@@ -660,7 +724,7 @@ fn endpoint_and_service_changes_reach_the_packet_path(backend: Backend) {
     let ids = answers(Tcp, &client.ns, svc.vip(80), 10);
     assert_eq!(names(&ids), set(&["a"]));
 
-    slice.endpoints = [&a, &b, &c].map(|p| Endpoint::ready(p)).to_vec();
+    slice.endpoints = [&a, &b, &c].map(Endpoint::ready).to_vec();
     lab.apply("scale-slice.yaml", &[slice.doc()]);
     let started = Instant::now();
     let mut seen = BTreeSet::new();
@@ -688,7 +752,7 @@ fn endpoint_and_service_changes_reach_the_packet_path(backend: Backend) {
 /// kube-proxy: the rules outlive the proxy, and a restarted proxy replaces its table atomically:
 /// neither new connections nor established ones notice.
 fn a_restarted_proxy_keeps_every_connection_working(backend: Backend) {
-    let mut lab = proxy_support::Lab::new(backend, 2);
+    let mut lab = Lab::new(backend, 2);
     let (a, c) = (lab.pod(0, "a"), lab.pod(1, "c"));
     let client = lab.pod(0, "client");
     let _servers = [lab.echo(&a, &[HTTP], &[]), lab.echo(&c, &[HTTP], &[])];
@@ -748,7 +812,7 @@ fn a_restarted_proxy_keeps_every_connection_working(backend: Backend) {
 /// kube-proxy resyncs periodically: rules removed behind the proxy's back come back within the
 /// verify period.
 fn a_flushed_table_is_rewritten(backend: Backend) {
-    let mut lab = proxy_support::Lab::new(backend, 2);
+    let mut lab = Lab::new(backend, 2);
     lab.extra_flags = vec!["--verify-period".into(), "1s".into()];
     let a = lab.pod(1, "a");
     let client = lab.pod(0, "client");
@@ -760,21 +824,17 @@ fn a_flushed_table_is_rewritten(backend: Backend) {
 
     backend.flush_ipv4(&lab.node(0).ns);
     let flushed = Instant::now();
-    let right_after = tcp_probe(&client.ns, svc.vip(80), DROP_WAIT);
+    // Usually lost (no DNAT, the upstream drops it), unless the repair came first.
+    let right_after = tcp_probe(&client.ns, svc.vip(80), Duration::from_millis(300));
     println!("right after the flush: {right_after:?}");
-    let took = await_outcome(Tcp, &client.ns, svc.vip(80), &answer_from("a"), CONVERGE);
-    println!(
-        "answered again {took:?} after probing, {:?} after the flush",
-        flushed.elapsed()
-    );
-    let log = lab.log(0);
-    assert!(log.contains("rewriting"), "no rewrite logged:\n{log}");
+    await_outcome(Tcp, &client.ns, svc.vip(80), &answer_from("a"), CONVERGE);
+    println!("answered again {:?} after the flush", flushed.elapsed());
 }
 
 /// kube-proxy --cleanup: every table the proxy programmed is removed, and running it again is
 /// harmless.
 fn cleanup_removes_every_table(backend: Backend) {
-    let mut lab = proxy_support::Lab::new(backend, 1);
+    let mut lab = Lab::new(backend, 1);
     let a = lab.pod(0, "a");
     let _server = lab.echo(&a, &[HTTP], &[]);
     let (svc, slice) = web("web", "10.96.15.1", &[&a]);
@@ -786,8 +846,8 @@ fn cleanup_removes_every_table(backend: Backend) {
     let node = &lab.node(0).ns;
     assert!(backend.has_rules(node), "the rules died with the proxy");
     for round in ["first", "second"] {
-        let out = lab.run_proxy_command(0, &["cleanup", "--backend", backend.flag()]);
-        assert!(out.status.success(), "{round} cleanup: {out:?}");
+        // Fails (with the tool's stderr) on a non-zero exit.
+        lab.run_proxy_command(0, &["cleanup", "--backend", backend.flag()]);
         assert!(!backend.has_rules(node), "{round} cleanup left rules");
     }
     let external = lab.cluster.external();

@@ -683,10 +683,6 @@ impl Outcome {
             other => panic!("{what}: expected an answer, got {other:?}"),
         }
     }
-
-    pub fn is_refused(&self) -> bool {
-        matches!(self, Outcome::Refused(_))
-    }
 }
 
 /// One TCP request to `addr` from inside `ns`, waiting at most `wait`.
