@@ -87,6 +87,20 @@ impl Health {
             .with_state(self.clone())
     }
 
+    /// Binds `addr` and serves on it in the background until `shutdown`; returns the bound
+    /// address (port 0 picks one).
+    pub async fn bind(
+        &self,
+        addr: std::net::SocketAddr,
+        shutdown: &CancellationToken,
+    ) -> std::io::Result<std::net::SocketAddr> {
+        let listener = TcpListener::bind(addr).await?;
+        let bound = listener.local_addr()?;
+        let (health, shutdown) = (self.clone(), shutdown.clone());
+        tokio::spawn(async move { health.serve(listener, shutdown).await });
+        Ok(bound)
+    }
+
     /// Serves [`Health::router`] on `listener` until `shutdown` is cancelled.
     pub async fn serve(
         &self,

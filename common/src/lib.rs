@@ -10,4 +10,5 @@ pub mod convert;
 pub mod health;
 pub mod intern;
 pub mod model;
+pub mod process;
 pub mod source;

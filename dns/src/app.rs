@@ -274,26 +274,17 @@ async fn serve(
         config,
         shutdown.clone(),
     ));
-    let health_addr = serve_health(health, "--health-addr", args.health_addr, &shutdown).await?;
+    let health_addr = health
+        .bind(args.health_addr, &shutdown)
+        .await
+        .with_context(|| format!("--health-addr {}: binding", args.health_addr))?;
     let metrics_addr = if args.metrics_addr == args.health_addr {
         health_addr
     } else {
-        serve_health(health, "--metrics-addr", args.metrics_addr, &shutdown).await?
+        health
+            .bind(args.metrics_addr, &shutdown)
+            .await
+            .with_context(|| format!("--metrics-addr {}: binding", args.metrics_addr))?
     };
     Ok((dns_addr, health_addr, metrics_addr))
-}
-
-async fn serve_health(
-    health: &Health,
-    flag: &str,
-    addr: SocketAddr,
-    shutdown: &CancellationToken,
-) -> Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("{flag} {addr}: binding"))?;
-    let bound = listener.local_addr()?;
-    let (health, shutdown) = (health.clone(), shutdown.clone());
-    tokio::spawn(async move { health.serve(listener, shutdown).await });
-    Ok(bound)
 }
