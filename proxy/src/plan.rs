@@ -29,7 +29,7 @@ pub struct Programmed {
     /// Elements of sets several Services may add the same element to (an endpoint in two
     /// Services' `hairpin` pairs), with how many contributions hold each: one Service letting
     /// go must not delete what another still needs.
-    pub counted: HashMap<(String, Box<str>), usize>,
+    pub counted: HashMap<(u8, Box<str>), u32>,
     /// Map keys several Services claimed with different values at the last full render (two
     /// Services on one address and port: externalIPs allow it, manifests do not prevent it).
     /// The full render gives each to the first Service in key order; a change touching one is
@@ -42,6 +42,11 @@ const COUNTED_SETS: [&str; 2] = ["hairpin", "cluster-ips"];
 
 fn counted(set: &str) -> bool {
     COUNTED_SETS.contains(&set)
+}
+
+/// The index of a counted set (a byte per key instead of a copy of its name).
+fn counted_index(set: &str) -> u8 {
+    COUNTED_SETS.iter().position(|s| *s == set).unwrap_or(0) as u8
 }
 
 impl Programmed {
@@ -74,11 +79,11 @@ impl Programmed {
             .into_iter()
             .map(|(set, key)| (set.to_string(), Box::from(key)))
             .collect();
-        let mut refs: HashMap<(String, Box<str>), usize> = HashMap::new();
+        let mut refs: HashMap<(u8, Box<str>), u32> = HashMap::new();
         for c in contributions.values() {
             for (set, element) in c.elements.iter().filter(|(s, _)| counted(s.as_str())) {
                 *refs
-                    .entry((set.as_str().to_string(), element.clone()))
+                    .entry((counted_index(set.as_str()), element.clone()))
                     .or_default() += 1;
             }
         }
@@ -201,7 +206,7 @@ impl Programmed {
     fn hold(&mut self, set: &str, element: &str) -> bool {
         let n = self
             .counted
-            .entry((set.to_string(), element.into()))
+            .entry((counted_index(set), element.into()))
             .or_default();
         *n += 1;
         *n == 1
@@ -209,7 +214,7 @@ impl Programmed {
 
     /// Drops a reference; true if nothing holds the element any more.
     fn release(&mut self, set: &str, element: &str) -> bool {
-        let key = (set.to_string(), Box::<str>::from(element));
+        let key = (counted_index(set), Box::<str>::from(element));
         match self.counted.get_mut(&key) {
             Some(n) if *n > 1 => {
                 *n -= 1;

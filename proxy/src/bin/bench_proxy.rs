@@ -434,10 +434,13 @@ impl Bench {
             _ => bail!("the change would need a full sync"),
         };
         let mut script = String::new();
-        // The sync engine plans on a copy and keeps it only if nft succeeds.
-        let mut next = self.programmed.clone();
+        // As the sync engine: the programmed state is updated in place (a failed transaction
+        // makes its next sync a full one).
         for f in FAMILIES {
-            let programmed = next.get_mut(&f).context("family not programmed")?;
+            let programmed = self
+                .programmed
+                .get_mut(&f)
+                .context("family not programmed")?;
             let changes = services
                 .iter()
                 .map(|k| (k.clone(), contribution_of(&config, snapshot, k, f)))
@@ -446,7 +449,6 @@ impl Bench {
                 script.push_str(&s);
             }
         }
-        self.programmed = next;
         Ok(script)
     }
 
