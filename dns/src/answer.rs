@@ -215,13 +215,13 @@ fn reverse(view: &View, cfg: &ResolveConfig, q: Question<'_>) -> Outcome {
     if !is_reverse(q.name) {
         return Outcome::Forward;
     }
-    let Some(names) = parse_reverse(q.name).and_then(|ip| view.reverse.get(&ip)) else {
+    let Some(targets) = parse_reverse(q.name).and_then(|ip| view.reverse.get(&ip)) else {
         return Outcome::Forward;
     };
     let mut b = Builder::new(view, cfg, q.qtype);
     if matches!(q.qtype, TYPE_PTR | TYPE_ANY) {
-        for name in names.iter() {
-            b.add(Owner::Question, RData::Ptr(name.clone()));
+        for name in targets.iter().filter_map(|t| t.name()) {
+            b.add(Owner::Question, RData::Ptr(name));
         }
     }
     // RFC 2308 §3: the SOA of a negative answer is that of the zone holding the name (CoreDNS

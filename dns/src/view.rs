@@ -89,17 +89,20 @@ pub struct View {
     /// Number of Services per namespace (a namespace with Services exists in DNS).
     pub namespace_services: imbl::HashMap<Arc<str>, u32>,
     /// PTR targets per address: ClusterIPs and endpoint addresses.
-    pub reverse: imbl::HashMap<IpAddr, Arc<[Name]>>,
+    pub reverse: imbl::HashMap<IpAddr, Arc<[PtrTarget]>>,
     pub snapshot: Arc<Snapshot>,
 }
 
 impl View {
+    /// The Service `<name>.<namespace>`; the key is built on the stack (this runs per query).
     pub fn service(&self, namespace: &str, name: &str) -> Option<&Arc<ServiceDns>> {
-        let mut key = String::with_capacity(name.len() + namespace.len() + 1);
-        key.push_str(name);
-        key.push('.');
-        key.push_str(namespace);
-        self.services.get(key.as_str())
+        let mut buf = [0u8; 256];
+        let len = name.len() + 1 + namespace.len();
+        let key = buf.get_mut(..len)?;
+        key[..name.len()].copy_from_slice(name.as_bytes());
+        key[name.len()] = b'.';
+        key[name.len() + 1..].copy_from_slice(namespace.as_bytes());
+        self.services.get(std::str::from_utf8(key).ok()?)
     }
 
     pub fn namespace_exists(&self, namespace: &str) -> bool {
@@ -113,7 +116,7 @@ pub struct ViewBuilder {
     config: ViewConfig,
     view: View,
     /// PTR entries each Service contributed, to withdraw them when it changes.
-    contributed: HashMap<ObjectKey, Vec<(IpAddr, Name)>>,
+    contributed: HashMap<ObjectKey, Vec<IpAddr>>,
 }
 
 impl ViewBuilder {
@@ -150,8 +153,8 @@ impl ViewBuilder {
         if old.is_some() {
             self.count_namespace(&key.namespace, false);
         }
-        for (ip, name) in self.contributed.remove(key).unwrap_or_default() {
-            self.withdraw(ip, &name);
+        for ip in self.contributed.remove(key).unwrap_or_default() {
+            self.withdraw(ip, key);
         }
         let Some(service) = snapshot.services.get(key) else {
             return;
@@ -165,12 +168,14 @@ impl ViewBuilder {
             tracing::warn!(service = %key, "service name does not fit in DNS; not served");
             return;
         };
+        let entry = Arc::new(entry);
         let ptrs = ptr_entries(&entry);
-        for (ip, name) in &ptrs {
-            self.publish(*ip, name.clone());
+        let ips = ptrs.iter().map(|(ip, _)| *ip).collect();
+        for (ip, target) in ptrs {
+            self.publish(ip, target);
         }
-        self.contributed.insert(key.clone(), ptrs);
-        self.view.services.insert(map_key, Arc::new(entry));
+        self.contributed.insert(key.clone(), ips);
+        self.view.services.insert(map_key, entry);
         self.count_namespace(&key.namespace, true);
     }
 
@@ -184,29 +189,55 @@ impl ViewBuilder {
         }
     }
 
-    fn publish(&mut self, ip: IpAddr, name: Name) {
-        let mut names: Vec<Name> = self
+    fn publish(&mut self, ip: IpAddr, target: PtrTarget) {
+        let mut targets: Vec<PtrTarget> = self
             .view
             .reverse
             .get(&ip)
-            .map(|n| n.to_vec())
+            .map(|t| t.to_vec())
             .unwrap_or_default();
-        if !names.contains(&name) {
-            names.push(name);
-            names.sort_by(|a, b| a.wire().cmp(b.wire()));
-        }
-        self.view.reverse.insert(ip, names.into());
+        targets.push(target);
+        targets.sort_by(|a, b| a.service.fqdn.wire().cmp(b.service.fqdn.wire()));
+        self.view.reverse.insert(ip, targets.into());
     }
 
-    fn withdraw(&mut self, ip: IpAddr, name: &Name) {
-        let Some(names) = self.view.reverse.get(&ip) else {
+    /// Removes the PTR targets `service` contributed for `ip`.
+    fn withdraw(&mut self, ip: IpAddr, service: &ObjectKey) {
+        let Some(targets) = self.view.reverse.get(&ip) else {
             return;
         };
-        let rest: Vec<Name> = names.iter().filter(|n| *n != name).cloned().collect();
+        let rest: Vec<PtrTarget> = targets
+            .iter()
+            .filter(|t| t.service.service.key != *service)
+            .cloned()
+            .collect();
         if rest.is_empty() {
             self.view.reverse.remove(&ip);
         } else {
             self.view.reverse.insert(ip, rest.into());
+        }
+    }
+}
+
+/// What a PTR record names: a Service (its ClusterIP) or one of its endpoints. The name is
+/// built when asked: storing 250k endpoint names would cost more than building the few that
+/// PTR queries need.
+#[derive(Debug, Clone)]
+pub struct PtrTarget {
+    pub service: Arc<ServiceDns>,
+    /// Index into `service.endpoints`; None for a ClusterIP.
+    pub endpoint: Option<u32>,
+}
+
+impl PtrTarget {
+    /// `<svc>.<ns>.svc.<zone>` or `<hostname>.<svc>.<ns>.svc.<zone>`.
+    pub fn name(&self) -> Option<Name> {
+        match self.endpoint {
+            None => Some(self.service.fqdn.clone()),
+            Some(i) => {
+                let e = self.service.endpoints.get(i as usize)?;
+                self.service.endpoint_name(e)
+            }
         }
     }
 }
@@ -248,20 +279,23 @@ fn build(
 }
 
 /// PTR records a Service contributes: its ClusterIPs → the Service name, and (as CoreDNS does,
-/// for every Service type) each usable endpoint address → `<hostname>.<svc>.<ns>.svc.<zone>`.
-fn ptr_entries(entry: &ServiceDns) -> Vec<(IpAddr, Name)> {
-    let mut out: Vec<(IpAddr, Name)> = entry
+/// for every Service type) each usable endpoint address → `<hostname>.<svc>.<ns>.svc.<zone>`;
+/// one target per address.
+fn ptr_entries(entry: &Arc<ServiceDns>) -> Vec<(IpAddr, PtrTarget)> {
+    let target = |endpoint| PtrTarget {
+        service: entry.clone(),
+        endpoint,
+    };
+    let mut out: Vec<(IpAddr, PtrTarget)> = entry
         .service
         .cluster_ips
         .iter()
-        .map(|ip| (*ip, entry.fqdn.clone()))
+        .map(|ip| (*ip, target(None)))
         .collect();
-    for e in entry.usable() {
-        if let Some(name) = entry.endpoint_name(e) {
-            out.push((e.endpoint.ip, name));
-        }
+    for &i in entry.usable.iter() {
+        out.push((entry.endpoints[i as usize].endpoint.ip, target(Some(i))));
     }
-    out.sort_by(|a, b| (a.0, a.1.wire()).cmp(&(b.0, b.1.wire())));
-    out.dedup();
+    out.sort_by_key(|(ip, _)| *ip);
+    out.dedup_by_key(|(ip, _)| *ip);
     out
 }
