@@ -4,10 +4,13 @@
 //! `dnsperf` pinned to CPU 0, latency percentiles at half that rate with its own open-loop UDP
 //! client (also on CPU 0), memory (VmRSS/VmHWM) after load and across a full reload of every
 //! manifest file, and change→answer latency (from a file write, and the server's own histogram).
-//! It prints markdown tables; it asserts none of the project's targets. It only ever sends
-//! traffic to 127.0.0.1.
+//! Each load run also reports the server's and the client's CPU use and run-queue wait (from
+//! `schedstat`), kernel socket drops and latency stalls, so that contention from other work on
+//! the machine is visible next to the figures. It prints markdown tables; it asserts none of the
+//! project's targets. It only ever sends traffic to 127.0.0.1.
 //!
-//! `svcplane-bench-dns [--sizes 10000x5,50000x5] [--duration 10] [--changes 20] [--out-dir DIR]`
+//! `svcplane-bench-dns [--sizes 10000x5,50000x5] [--duration 10] [--changes 20] [--wait-idle 120]
+//! [--out-dir DIR]`
 
 use std::fmt::Write as _;
 use std::fs::File;
