@@ -1,18 +1,20 @@
-//! Wiring of svcplane-proxy: flags, the catalog source, the sync engine, the health-check
-//! servers and the health/metrics server; plus the `render` and `cleanup` subcommands.
+//! Wiring of svcplane-proxy: flags, the catalog source, the sync engine of the chosen backend
+//! (nftables or iptables; the other backend's rules are removed after the first sync), the
+//! health-check servers and the health/metrics server; plus the `render` and `cleanup`
+//! subcommands.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use prometheus_client::registry::Registry;
 use svcplane_common::catalog::{self, Catalog};
 use svcplane_common::config::{parse_duration, parse_prefix};
 use svcplane_common::health::Health;
-use svcplane_common::model::{IpPrefix, Kind};
+use svcplane_common::model::{Family, IpPrefix, Kind, ObjectKey};
 use svcplane_common::source;
 use tokio_util::sync::CancellationToken;
 
@@ -20,9 +22,11 @@ use crate::desired::{NodePortAddresses, ProxyConfig};
 use crate::endpoints::NodeInfo;
 use crate::executor::Nft;
 use crate::healthcheck::{HealthServers, ServiceHealth};
+use crate::iptables::engine::IptablesSyncer;
+use crate::iptables::exec::Iptables;
 use crate::plan::Programmed;
 use crate::ruleset::NftFamily;
-use crate::sync::{self, SyncMetrics, Syncer};
+use crate::sync::{self, Engine, SyncMetrics, Syncer};
 
 /// A Kubernetes service proxy programming nftables with kube-proxy's semantics.
 #[derive(Debug, Parser)]
@@ -68,7 +72,8 @@ pub struct Args {
     /// beside another proxy that handles the unlabelled ones).
     #[arg(long, global = true)]
     pub service_proxy_name: Option<String>,
-    /// The packet-filter backend.
+    /// The packet-filter backend: `nftables` (table `svcplane`) or `iptables` (`SVCPLANE-`
+    /// chains, via iptables-restore).
     #[arg(long, value_enum, default_value = "nftables", global = true)]
     pub backend: Backend,
 }
@@ -76,13 +81,15 @@ pub struct Args {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Backend {
     Nftables,
+    Iptables,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Print the ruleset that would be programmed for the catalog (no root needed).
+    /// Print the ruleset that would be programmed for the catalog (no root needed): the nft
+    /// script, or with `--backend iptables` the iptables-restore input of each family.
     Render,
-    /// Remove everything svcplane-proxy programmed.
+    /// Remove everything svcplane-proxy programmed (with either backend).
     Cleanup,
 }
 
@@ -141,6 +148,15 @@ async fn start_catalog(args: &Args, shutdown: &CancellationToken) -> Result<Cata
 
 /// `render`: the full scripts for the catalog once it is synced.
 pub async fn render(args: &Args) -> Result<String> {
+    let (config, snapshot) = synced_catalog(args).await?;
+    Ok(match args.backend {
+        Backend::Nftables => render_nft(&config, &snapshot),
+        Backend::Iptables => render_iptables(&config, &snapshot),
+    })
+}
+
+/// The resolved settings and the first complete catalog.
+async fn synced_catalog(args: &Args) -> Result<(ProxyConfig, std::sync::Arc<catalog::Snapshot>)> {
     let config = args.proxy_config()?;
     let shutdown = CancellationToken::new();
     let catalog = start_catalog(args, &shutdown).await?;
@@ -155,30 +171,59 @@ pub async fn render(args: &Args) -> Result<String> {
             .context("waiting for the catalog to sync")??;
     };
     shutdown.cancel();
-    let config = config.resolve(&snapshot);
+    Ok((config.resolve(&snapshot), snapshot))
+}
+
+fn render_nft(config: &ProxyConfig, snapshot: &catalog::Snapshot) -> String {
     let mut out = String::new();
     for f in [NftFamily::Ip, NftFamily::Ip6] {
-        let base = crate::desired::base_table(&config, f);
+        let base = crate::desired::base_table(config, f);
         let contributions = snapshot
             .services
             .iter()
             .map(|(key, service)| {
                 let eps = snapshot.endpoints.get(key).map(|e| &e[..]).unwrap_or(&[]);
-                let c = crate::desired::service::contribution(service, eps, &config, f);
+                let c = crate::desired::service::contribution(service, eps, config, f);
                 (key.clone(), std::sync::Arc::new(c))
             })
             .collect();
         out.push_str(&Programmed::full(base, contributions).1);
     }
-    Ok(out)
+    out
 }
 
-/// `cleanup`: delete svcplane's tables.
+/// Each family's iptables-restore input for a kernel without svcplane's rules, after a
+/// `# iptables-restore` or `# ip6tables-restore` line.
+fn render_iptables(config: &ProxyConfig, snapshot: &catalog::Snapshot) -> String {
+    let mut out = String::new();
+    for family in [Family::V4, Family::V6] {
+        let programmed = crate::iptables::engine::render_all(config, snapshot, family);
+        let (_, restore, _) = crate::iptables::tools(family);
+        out.push_str(&format!("# {restore}\n"));
+        out.push_str(&programmed.full_input(&Default::default()));
+    }
+    out
+}
+
+/// `cleanup`: delete svcplane's nftables tables and iptables chains. A backend whose tool is
+/// not installed has nothing to delete.
 pub async fn cleanup() -> Result<()> {
-    Nft::default()
-        .delete_tables()
+    delete_nft_tables().await?;
+    crate::iptables::exec::cleanup_all()
         .await
-        .context("deleting svcplane's tables")
+        .context("deleting svcplane's iptables chains")
+}
+
+/// Deletes the nftables backend's tables; without `nft` there are none.
+async fn delete_nft_tables() -> Result<()> {
+    match Nft::default().delete_tables().await {
+        Err(crate::executor::ExecError::Spawn { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            Ok(())
+        }
+        other => other.context("deleting svcplane's nftables tables"),
+    }
 }
 
 /// A running proxy.
@@ -192,9 +237,6 @@ pub struct Running {
 
 /// Starts the proxy on the current runtime.
 pub async fn start(args: Args) -> Result<Running> {
-    if args.backend != Backend::Nftables {
-        bail!("--backend {:?} is not available", args.backend);
-    }
     let config = args.proxy_config()?;
     let shutdown = CancellationToken::new();
     let catalog = start_catalog(&args, &shutdown).await?;
@@ -203,12 +245,6 @@ pub async fn start(args: Args) -> Result<Running> {
     metrics.register(&mut registry);
     let health = Health::new(registry);
     health.set_live(false);
-    let syncer = Syncer::new(
-        config,
-        vec![NftFamily::Ip, NftFamily::Ip6],
-        Nft::default(),
-        metrics,
-    );
     let programmed = health.clone();
     let mut hc = HealthServers::new(vec![]);
     let (hc_tx, mut hc_rx) = tokio::sync::watch::channel(HashMap::new());
@@ -220,23 +256,34 @@ pub async fn start(args: Args) -> Result<Running> {
             }
         }
     });
-    tokio::spawn(sync::run(
-        catalog,
-        syncer,
-        args.min_sync_period,
-        args.verify_period,
-        shutdown.clone(),
-        move |s: &Syncer| {
-            programmed.set_live(true);
-            programmed.set_ready(true);
-            let desired: HashMap<u16, ServiceHealth> = s
-                .health_checks()
-                .into_iter()
-                .map(|(port, (key, n))| (port, ServiceHealth::new(&key.namespace, &key.name, n)))
-                .collect();
-            let _ = hc_tx.send(desired);
-        },
-    ));
+    let on_programmed = move |checks: HashMap<u16, (ObjectKey, usize)>| {
+        programmed.set_live(true);
+        programmed.set_ready(true);
+        let desired: HashMap<u16, ServiceHealth> = checks
+            .into_iter()
+            .map(|(port, (key, n))| (port, ServiceHealth::new(&key.namespace, &key.name, n)))
+            .collect();
+        let _ = hc_tx.send(desired);
+    };
+    let periods = (args.min_sync_period, args.verify_period);
+    match args.backend {
+        Backend::Nftables => {
+            let families = vec![NftFamily::Ip, NftFamily::Ip6];
+            let engine = Syncer::new(config, families, Nft::default(), metrics);
+            let other = Box::pin(async {
+                crate::iptables::exec::cleanup_all()
+                    .await
+                    .context("removing the iptables backend's rules")
+            });
+            spawn_engine(catalog, engine, periods, &shutdown, other, on_programmed);
+        }
+        Backend::Iptables => {
+            let runners = vec![Iptables::new(Family::V4), Iptables::new(Family::V6)];
+            let engine = IptablesSyncer::new(config, runners, metrics);
+            let other = Box::pin(delete_nft_tables());
+            spawn_engine(catalog, engine, periods, &shutdown, other, on_programmed);
+        }
+    }
     let health_addr = serve_health(&health, "--health-addr", args.health_addr, &shutdown).await?;
     let metrics_addr = if args.metrics_addr == args.health_addr {
         health_addr
@@ -249,6 +296,46 @@ pub async fn start(args: Args) -> Result<Running> {
         health,
         shutdown,
     })
+}
+
+/// A cleanup to run once, after the first successful sync.
+type OtherBackend = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>>;
+
+/// Runs `engine` until `shutdown`, calling `on_programmed` with its health checks after every
+/// sync; after the first, removes the other backend's rules (`other`): switching backends never
+/// leaves a node without rules, nor with two sets for long.
+fn spawn_engine<E: Engine + 'static>(
+    catalog: Catalog,
+    engine: E,
+    (min_period, verify_period): (Duration, Duration),
+    shutdown: &CancellationToken,
+    other: OtherBackend,
+    mut on_programmed: impl FnMut(HashMap<u16, (ObjectKey, usize)>) + Send + 'static,
+) {
+    let mut other = Some(other);
+    let callback = move |e: &E| {
+        on_programmed(e.health_checks());
+        if let Some(cleanup) = other.take() {
+            tokio::spawn(async move {
+                match cleanup.await {
+                    Ok(()) => {}
+                    Err(e) => tracing::warn!(
+                        error = format!("{e:#}"),
+                        "removing the other backend's rules"
+                    ),
+                }
+            });
+        }
+    };
+    let shutdown = shutdown.clone();
+    tokio::spawn(sync::run(
+        catalog,
+        engine,
+        min_period,
+        verify_period,
+        shutdown,
+        callback,
+    ));
 }
 
 async fn serve_health(

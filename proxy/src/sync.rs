@@ -4,7 +4,8 @@
 //! full, atomic replacement of svcplane's tables (adopting whatever a previous run left); later
 //! syncs render only the Services that changed since the last programmed generation. A failed
 //! transaction changes nothing in the kernel and makes the next sync a full one. Every
-//! `verify_period` the kernel is probed and a flushed or damaged table is rewritten.
+//! `verify_period` the kernel is probed and a flushed or damaged table is rewritten. [`run`]
+//! drives any backend's [`Engine`] (the iptables one is `crate::iptables::engine`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -51,6 +52,28 @@ impl Default for SyncMetrics {
 }
 
 impl SyncMetrics {
+    /// Records a successful sync of `snapshot` that started at `started`.
+    pub fn record(
+        &self,
+        snapshot: &Snapshot,
+        started: Instant,
+        health_checks: &HashMap<u16, (ObjectKey, usize)>,
+    ) {
+        self.sync_duration.observe(started.elapsed().as_secs_f64());
+        if let Some(at) = snapshot.changed_at {
+            self.programming.observe(at.elapsed().as_secs_f64());
+        }
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        self.last_sync.set(now.as_secs_f64());
+        let without = health_checks.values().filter(|(_, n)| *n == 0).count();
+        let labels = vec![("traffic_policy".to_string(), "external".to_string())];
+        self.no_local_endpoints
+            .get_or_create(&labels)
+            .set(without as i64);
+    }
+
     pub fn register(&self, r: &mut Registry) {
         r.register(
             "kubeproxy_sync_proxy_rules_duration_seconds",
@@ -82,6 +105,53 @@ impl SyncMetrics {
             "Number of services with a Local traffic policy and no endpoints",
             self.no_local_endpoints.clone(),
         );
+    }
+}
+
+/// A backend's sync engine as [`run`] drives it: the nftables [`Syncer`] or the iptables
+/// [`crate::iptables::engine::IptablesSyncer`].
+pub trait Engine: Send + Sync {
+    type Error: std::fmt::Display + Send;
+
+    fn phase(&self) -> Phase;
+
+    /// Brings the kernel to `snapshot`; returns whether anything was (re)programmed.
+    fn step(
+        &mut self,
+        snapshot: &Snapshot,
+    ) -> impl Future<Output = Result<bool, Self::Error>> + Send;
+
+    /// Forces the next sync to be a full one.
+    fn invalidate(&mut self);
+
+    /// Whether the kernel still holds what was programmed.
+    fn verify(&self) -> impl Future<Output = Result<bool, Self::Error>> + Send;
+
+    /// Health-check ports and their node-local endpoint counts, across families.
+    fn health_checks(&self) -> HashMap<u16, (ObjectKey, usize)>;
+}
+
+impl Engine for Syncer {
+    type Error = ExecError;
+
+    fn phase(&self) -> Phase {
+        Syncer::phase(self)
+    }
+
+    async fn step(&mut self, snapshot: &Snapshot) -> Result<bool, ExecError> {
+        Syncer::step(self, snapshot).await
+    }
+
+    fn invalidate(&mut self) {
+        Syncer::invalidate(self)
+    }
+
+    async fn verify(&self) -> Result<bool, ExecError> {
+        Syncer::verify(self).await
+    }
+
+    fn health_checks(&self) -> HashMap<u16, (ObjectKey, usize)> {
+        Syncer::health_checks(self)
     }
 }
 
@@ -241,25 +311,7 @@ impl Syncer {
 
     fn record(&self, snapshot: &Snapshot, started: Instant) {
         self.metrics
-            .sync_duration
-            .observe(started.elapsed().as_secs_f64());
-        if let Some(at) = snapshot.changed_at {
-            self.metrics.programming.observe(at.elapsed().as_secs_f64());
-        }
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default();
-        self.metrics.last_sync.set(now.as_secs_f64());
-        let without = self
-            .health_checks()
-            .values()
-            .filter(|(_, n)| *n == 0)
-            .count();
-        let labels = vec![("traffic_policy".to_string(), "external".to_string())];
-        self.metrics
-            .no_local_endpoints
-            .get_or_create(&labels)
-            .set(without as i64);
+            .record(snapshot, started, &self.health_checks());
     }
 
     /// Health-check ports and their node-local endpoint counts, across families.
@@ -315,13 +367,13 @@ fn contribution_of(
 
 /// Runs the engine until `shutdown`: syncs at most once per `min_period`, verifies every
 /// `verify_period`, and calls `on_programmed` after each successful sync.
-pub async fn run(
+pub async fn run<E: Engine>(
     catalog: Catalog,
-    mut syncer: Syncer,
+    mut syncer: E,
     min_period: Duration,
     verify_period: Duration,
     shutdown: CancellationToken,
-    mut on_programmed: impl FnMut(&Syncer) + Send,
+    mut on_programmed: impl FnMut(&E) + Send,
 ) {
     let mut generations = catalog.subscribe();
     let mut verify = tokio::time::interval(verify_period);

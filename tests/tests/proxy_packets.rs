@@ -7,7 +7,7 @@
 //! parallel; every wait polls with a bound, and timings are printed, not asserted.
 //!
 //! The scenarios are plain functions of the [`Backend`]; `scenarios!` makes one `#[test]` per
-//! backend of each (only nftables exists today). Every test needs root and skips without it.
+//! backend of each (`nftables::…` and `iptables::…`). Every test needs root and skips without it.
 
 #![allow(clippy::unwrap_used)]
 
@@ -39,6 +39,16 @@ macro_rules! scenarios {
                 }
             )*
         }
+        mod iptables {
+            $(
+                #[test]
+                fn $name() {
+                    if !svcplane_tests::netns::skip_unless_root(stringify!($name)) {
+                        super::$name(super::Backend::Iptables);
+                    }
+                }
+            )*
+        }
     };
 }
 
@@ -64,6 +74,7 @@ scenarios!(
     a_restarted_proxy_keeps_every_connection_working,
     a_flushed_table_is_rewritten,
     cleanup_removes_every_table,
+    switching_backends_removes_the_other_backends_rules,
 );
 
 const HTTP: u16 = 8080;
@@ -853,4 +864,36 @@ fn cleanup_removes_every_table(backend: Backend) {
     let external = lab.cluster.external();
     let outcome = tcp_probe(external, svc.vip(80), DROP_WAIT);
     assert!(!matches!(outcome, Outcome::Answered(_)), "{outcome:?}");
+}
+
+/// Switching backends: once the new backend's first sync is programmed, the other backend's
+/// rules are removed, and the Service answers throughout.
+fn switching_backends_removes_the_other_backends_rules(backend: Backend) {
+    let other = match backend {
+        Backend::Nftables => Backend::Iptables,
+        Backend::Iptables => Backend::Nftables,
+    };
+    let mut lab = Lab::new(other, 1);
+    let a = lab.pod(0, "a");
+    let client = lab.pod(0, "client");
+    let _server = lab.echo(&a, &[HTTP], &[]);
+    let (svc, slice) = web("web", "10.96.23.1", &[&a]);
+    lab.apply("web.yaml", &[svc.doc(), slice.doc()]);
+    lab.start_proxies();
+    assert_eq!(tcp(&client.ns, svc.vip(80)).identity("before").name, "a");
+    lab.kill_proxy(0);
+    lab.backend = backend;
+    lab.start_proxy(0);
+    let node = &lab.node(0).ns;
+    let started = Instant::now();
+    wait_for("the other backend's rules to go", CONVERGE, || {
+        !other.has_rules(node)
+    })
+    .unwrap();
+    println!(
+        "{other:?} rules removed {:?} after the start",
+        started.elapsed()
+    );
+    assert!(backend.has_rules(node), "{backend:?} programmed nothing");
+    assert_eq!(tcp(&client.ns, svc.vip(80)).identity("after").name, "a");
 }

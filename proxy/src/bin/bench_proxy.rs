@@ -12,6 +12,11 @@
 //! the cold start, and TCP connect latency to the first and the last Service through the nat
 //! output hook (endpoint addresses on a local interface, listeners on them). It reports one JSON
 //! line; the parent prints the markdown table. A 1-Service run is always added as the baseline.
+//!
+//! `--backends nftables,iptables` measures each size once per backend; for iptables the same
+//! steps are those of `IptablesSyncer` (render, `iptables-save` of what is there and
+//! `iptables-restore --noflush` per family for the cold start; `Programmed::update` and a
+//! restore per family for a change).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -29,10 +34,13 @@ use svcplane_common::model::{
     Service, ServicePort, TargetPort,
 };
 use svcplane_common::source::SourceEvent;
+use svcplane_proxy::app::Backend;
 use svcplane_proxy::desired::service::{Contribution, contribution};
 use svcplane_proxy::desired::{NodePortAddresses, ProxyConfig, base_table};
 use svcplane_proxy::endpoints::NodeInfo;
 use svcplane_proxy::executor::Nft;
+use svcplane_proxy::iptables;
+use svcplane_proxy::iptables::exec::Iptables;
 use svcplane_proxy::plan::Programmed;
 use svcplane_proxy::ruleset::NftFamily;
 
@@ -48,7 +56,7 @@ const WARMUP: usize = 5;
 #[derive(Parser, Debug)]
 #[command(
     name = "svcplane-bench-proxy",
-    about = "Benchmarks svcplane-proxy's nftables path"
+    about = "Benchmarks svcplane-proxy's nftables (and iptables) path"
 )]
 struct Cli {
     /// Numbers of Services to measure (a 1-Service baseline is always added).
@@ -57,6 +65,12 @@ struct Cli {
     /// Endpoints per Service.
     #[arg(long, default_value_t = 5)]
     endpoints: usize,
+    /// Backends to measure, each at every size.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "nftables")]
+    backends: Vec<Backend>,
+    /// Internal: the backend measured `--inside`.
+    #[arg(long, value_enum, hide = true, default_value = "nftables")]
+    backend: Backend,
     /// Single-endpoint changes to time.
     #[arg(long, default_value_t = 100)]
     changes: usize,
@@ -74,6 +88,7 @@ struct Cli {
 /// One size's results (the child's JSON line).
 #[derive(Debug, Serialize, Deserialize)]
 struct Row {
+    backend: String,
     services: usize,
     endpoints: usize,
     catalog_s: f64,
@@ -134,15 +149,20 @@ async fn outside(cli: &Cli) -> Result<()> {
         sizes.insert(0, 1);
     }
     let mut rows = Vec::new();
-    for n in sizes {
-        eprintln!("measuring {n} Services × {} endpoints…", cli.endpoints);
-        rows.push(measure_in_namespace(cli, n).await?);
+    for backend in &cli.backends {
+        for &n in &sizes {
+            eprintln!(
+                "measuring {backend:?}: {n} Services × {} endpoints…",
+                cli.endpoints
+            );
+            rows.push(measure_in_namespace(cli, *backend, n).await?);
+        }
     }
     print_table(&rows);
     Ok(())
 }
 
-async fn measure_in_namespace(cli: &Cli, n: usize) -> Result<Row> {
+async fn measure_in_namespace(cli: &Cli, backend: Backend, n: usize) -> Result<Row> {
     let ns = Netns::create(format!("svp-bench-{}-{n}", std::process::id()))?;
     let exe = std::env::current_exe().context("locating the bench binary")?;
     let args = [
@@ -156,6 +176,8 @@ async fn measure_in_namespace(cli: &Cli, n: usize) -> Result<Row> {
         cli.changes.to_string(),
         "--connects".into(),
         cli.connects.to_string(),
+        "--backend".into(),
+        format!("{backend:?}").to_lowercase(),
     ];
     let child = tokio::process::Command::new("ip")
         .args(["netns", "exec", &ns.0])
@@ -196,12 +218,13 @@ fn parse_row(stdout: &str) -> Result<Row> {
 
 fn print_table(rows: &[Row]) {
     println!(
-        "| Services | endpoints | render (s) | nft load (s) | cold start (s) | script MB | change p50/p99 (ms) | count change (ms) | RSS MB | peak RSS MB | connect first p50/p99 (µs) | connect last p50/p99 (µs) |"
+        "| backend | Services | endpoints | render (s) | load (s) | cold start (s) | script MB | change p50/p99 (ms) | count change (ms) | RSS MB | peak RSS MB | connect first p50/p99 (µs) | connect last p50/p99 (µs) |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         println!(
-            "| {} | {} | {:.3} | {:.3} | {:.3} | {:.1} | {:.1} / {:.1} | {:.1} | {:.1} | {:.1} | {:.0} / {:.0} | {:.0} / {:.0} |",
+            "| {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.1} | {:.1} / {:.1} | {:.1} | {:.1} | {:.1} | {:.0} / {:.0} | {:.0} / {:.0} |",
+            r.backend,
             r.services,
             r.services * r.endpoints,
             r.render_s,
@@ -230,14 +253,14 @@ fn print_table(rows: &[Row]) {
     println!("Services load in 0.17/10.7/272 s.");
     println!();
     println!(
-        "| Services | catalog build (s) | RSS with the catalog only MB | change phases p50: store+snapshot / plan / nft (ms) |"
+        "| backend | Services | catalog build (s) | RSS with the catalog only MB | change phases p50: store+snapshot / plan / load (ms) |"
     );
-    println!("|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|");
     for r in rows {
         let [s, p, n] = r.change_phases_p50_ms;
         println!(
-            "| {} | {:.3} | {:.1} | {s:.2} / {p:.2} / {n:.2} |",
-            r.services, r.catalog_s, r.catalog_mib
+            "| {} | {} | {:.3} | {:.1} | {s:.2} / {p:.2} / {n:.2} |",
+            r.backend, r.services, r.catalog_s, r.catalog_mib
         );
     }
 }
@@ -253,7 +276,7 @@ async fn inside(cli: &Cli, ns: &str) -> Result<()> {
         "--size and --endpoints must be at least 1"
     );
     let started = Instant::now();
-    let mut bench = Bench::new(n, e)?;
+    let mut bench = Bench::new(n, e, cli.backend)?;
     let catalog_s = started.elapsed().as_secs_f64();
     let catalog_mib = memory()?.0;
     let cold = bench.cold_start().await?;
@@ -264,6 +287,7 @@ async fn inside(cli: &Cli, ns: &str) -> Result<()> {
     let totals: Vec<Duration> = changes.iter().map(|c| c.iter().sum()).collect();
     let phase = |i: usize| ms(percentile(changes.iter().map(|c| c[i]).collect(), 50.0));
     let row = Row {
+        backend: format!("{:?}", cli.backend).to_lowercase(),
         services: n,
         endpoints: e,
         catalog_s,
@@ -291,7 +315,7 @@ fn ensure_in_namespace(ns: &str) -> Result<()> {
         .with_context(|| format!("network namespace {ns}"))?;
     ensure!(
         (mine.dev(), mine.ino()) == (theirs.dev(), theirs.ino()),
-        "not inside network namespace {ns}; refusing to program nft"
+        "not inside network namespace {ns}; refusing to program rules"
     );
     Ok(())
 }
@@ -304,11 +328,27 @@ struct Bench {
     snapshot: Arc<Snapshot>,
     config: ProxyConfig,
     resolved: ProxyConfig,
-    programmed: HashMap<NftFamily, Programmed>,
-    nft: Nft,
+    engine: BenchEngine,
     /// Next unused pod address (index past the initial ones).
     next_pod: u32,
     rng: u64,
+}
+
+/// The programmed state of the backend measured.
+enum BenchEngine {
+    Nft {
+        nft: Nft,
+        programmed: HashMap<NftFamily, Programmed>,
+    },
+    Iptables {
+        programmed: HashMap<Family, iptables::plan::Programmed>,
+    },
+}
+
+/// What one change writes: an nft script, or restore inputs per family.
+enum Work {
+    Nft(String),
+    Iptables(Vec<(Family, String)>),
 }
 
 struct ColdStart {
@@ -319,7 +359,7 @@ struct ColdStart {
 
 impl Bench {
     /// The catalog after a source's initial lists.
-    fn new(n: usize, e: usize) -> Result<Bench> {
+    fn new(n: usize, e: usize, backend: Backend) -> Result<Bench> {
         let mut store = Store::default();
         let services: Vec<Object> = (0..n).map(|i| service(i as u32)).collect();
         let slices: Vec<Object> = (0..n)
@@ -343,41 +383,34 @@ impl Bench {
             snapshot,
             resolved: config.clone(),
             config,
-            programmed: HashMap::new(),
-            nft: Nft::default(),
+            engine: match backend {
+                Backend::Nftables => BenchEngine::Nft {
+                    nft: Nft::default(),
+                    programmed: HashMap::new(),
+                },
+                Backend::Iptables => BenchEngine::Iptables {
+                    programmed: HashMap::new(),
+                },
+            },
             next_pod: (n * e) as u32,
             rng: u64::from(std::process::id()) | 1,
         })
     }
 
-    /// `Syncer::full`: render every family, then one `nft -f` transaction.
+    /// `Syncer::full` (render every family, then one `nft -f` transaction) or
+    /// `IptablesSyncer::full` (per family: render, read what is there, restore).
     async fn cold_start(&mut self) -> Result<ColdStart> {
-        let started = Instant::now();
         let config = self.config.resolve(&self.snapshot);
-        let mut script = String::new();
-        for f in FAMILIES {
-            let contributions = self
-                .snapshot
-                .services
-                .keys()
-                .filter_map(|k| {
-                    contribution_of(&config, &self.snapshot, k, f).map(|c| (k.clone(), c))
-                })
-                .collect();
-            let (programmed, s) = Programmed::full(base_table(&config, f), contributions);
-            script.push_str(&s);
-            self.programmed.insert(f, programmed);
-        }
-        let render = started.elapsed();
-        let started = Instant::now();
-        self.nft.apply(&script).await?;
-        let load = started.elapsed();
+        let cold = match &mut self.engine {
+            BenchEngine::Nft { nft, programmed } => {
+                nft_cold_start(&config, &self.snapshot, nft, programmed).await?
+            }
+            BenchEngine::Iptables { programmed } => {
+                iptables_cold_start(&config, &self.snapshot, programmed).await?
+            }
+        };
         self.resolved = config;
-        Ok(ColdStart {
-            render,
-            load,
-            script_bytes: script.len(),
-        })
+        Ok(cold)
     }
 
     /// `--changes` single-endpoint changes of random Services (never the first or the last,
@@ -414,42 +447,76 @@ impl Bench {
             .context("the change made no snapshot")?;
         let catalog = started.elapsed();
         let started = Instant::now();
-        let script = self.plan(&snapshot)?;
+        let work = self.plan(&snapshot)?;
         let plan = started.elapsed();
         let started = Instant::now();
-        if !script.is_empty() {
-            self.nft.apply(&script).await?;
-        }
+        self.execute(work).await?;
         let nft = started.elapsed();
         self.snapshot = snapshot;
         Ok([catalog, plan, nft])
     }
 
-    /// The incremental script from the programmed state to `snapshot` (the state is committed
-    /// here; the bench stops on an nft failure anyway).
-    fn plan(&mut self, snapshot: &Snapshot) -> Result<String> {
+    /// The incremental work from the programmed state to `snapshot` (the state is committed
+    /// here; the bench stops on a failed load anyway).
+    fn plan(&mut self, snapshot: &Snapshot) -> Result<Work> {
         let config = self.config.resolve(snapshot);
         let services = match snapshot.changes_since(self.snapshot.generation) {
             Changes::Some { services, .. } if config == self.resolved => services,
             _ => bail!("the change would need a full sync"),
         };
-        let mut script = String::new();
-        // As the sync engine: the programmed state is updated in place (a failed transaction
-        // makes its next sync a full one).
-        for f in FAMILIES {
-            let programmed = self
-                .programmed
-                .get_mut(&f)
-                .context("family not programmed")?;
-            let changes = services
-                .iter()
-                .map(|k| (k.clone(), contribution_of(&config, snapshot, k, f)))
-                .collect();
-            if let Some(s) = programmed.update(changes).script {
-                script.push_str(&s);
+        // As the sync engines: the programmed state is updated in place (a failed load makes
+        // their next sync a full one).
+        match &mut self.engine {
+            BenchEngine::Nft { programmed, .. } => {
+                let mut script = String::new();
+                for f in FAMILIES {
+                    let programmed = programmed.get_mut(&f).context("family not programmed")?;
+                    let changes = services
+                        .iter()
+                        .map(|k| (k.clone(), contribution_of(&config, snapshot, k, f)))
+                        .collect();
+                    if let Some(s) = programmed.update(changes).script {
+                        script.push_str(&s);
+                    }
+                }
+                Ok(Work::Nft(script))
+            }
+            BenchEngine::Iptables { programmed } => {
+                let mut inputs = Vec::new();
+                for (family, programmed) in programmed.iter_mut() {
+                    let changes = services
+                        .iter()
+                        .map(|k| {
+                            (
+                                k.clone(),
+                                iptables_rules_of(&config, snapshot, k, programmed),
+                            )
+                        })
+                        .collect();
+                    if let Some(input) = programmed.update(changes).input {
+                        inputs.push((*family, input));
+                    }
+                }
+                Ok(Work::Iptables(inputs))
             }
         }
-        Ok(script)
+    }
+
+    async fn execute(&self, work: Work) -> Result<()> {
+        match (&self.engine, work) {
+            (BenchEngine::Nft { nft, .. }, Work::Nft(script)) => {
+                if !script.is_empty() {
+                    nft.apply(&script).await?;
+                }
+            }
+            (BenchEngine::Iptables { .. }, Work::Iptables(inputs)) => {
+                for (family, input) in inputs {
+                    Iptables::new(family).restore(&input).await?;
+                }
+            }
+            _ => bail!("work for another backend"),
+        }
+        Ok(())
     }
 
     fn current_ips(&self, i: usize) -> Result<Vec<Ipv4Addr>> {
@@ -485,6 +552,77 @@ impl Bench {
         self.rng = x;
         x
     }
+}
+
+async fn nft_cold_start(
+    config: &ProxyConfig,
+    snapshot: &Snapshot,
+    nft: &Nft,
+    out: &mut HashMap<NftFamily, Programmed>,
+) -> Result<ColdStart> {
+    let started = Instant::now();
+    let mut script = String::new();
+    for f in FAMILIES {
+        let contributions = snapshot
+            .services
+            .keys()
+            .filter_map(|k| contribution_of(config, snapshot, k, f).map(|c| (k.clone(), c)))
+            .collect();
+        let (programmed, s) = Programmed::full(base_table(config, f), contributions);
+        script.push_str(&s);
+        out.insert(f, programmed);
+    }
+    let render = started.elapsed();
+    let started = Instant::now();
+    nft.apply(&script).await?;
+    Ok(ColdStart {
+        render,
+        load: started.elapsed(),
+        script_bytes: script.len(),
+    })
+}
+
+async fn iptables_cold_start(
+    config: &ProxyConfig,
+    snapshot: &Snapshot,
+    out: &mut HashMap<Family, iptables::plan::Programmed>,
+) -> Result<ColdStart> {
+    let (mut render, mut load, mut bytes) = (Duration::ZERO, Duration::ZERO, 0);
+    for family in [Family::V4, Family::V6] {
+        let started = Instant::now();
+        let programmed = iptables::engine::render_all(config, snapshot, family);
+        render += started.elapsed();
+        let started = Instant::now();
+        let runner = Iptables::new(family);
+        let kernel = runner.kernel_state().await?;
+        load += started.elapsed();
+        let started = Instant::now();
+        let input = programmed.full_input(&kernel);
+        render += started.elapsed();
+        let started = Instant::now();
+        runner.restore(&input).await?;
+        load += started.elapsed();
+        bytes += input.len();
+        out.insert(family, programmed);
+    }
+    Ok(ColdStart {
+        render,
+        load,
+        script_bytes: bytes,
+    })
+}
+
+/// `IptablesSyncer`'s `rules_of`: None when the Service adds nothing.
+fn iptables_rules_of(
+    config: &ProxyConfig,
+    snapshot: &Snapshot,
+    key: &ObjectKey,
+    programmed: &iptables::plan::Programmed,
+) -> Option<Arc<iptables::render::ServiceRules>> {
+    let service = snapshot.services.get(key)?;
+    let endpoints = snapshot.endpoints.get(key).map(|e| &e[..]).unwrap_or(&[]);
+    let rules = iptables::render::service(service, endpoints, config, &programmed.base);
+    (!rules.is_empty()).then(|| Arc::new(rules))
 }
 
 /// The sync engine's `contribution_of`: None when the Service adds nothing.

@@ -174,7 +174,6 @@ impl Section {
 /// The bucket of a Service (the same in every section).
 pub fn bucket_of(key: &ObjectKey) -> u8 {
     let h = fnv128(&format!("{}/{}", key.namespace, key.name));
-    // The top bits of a multiplicative hash are the best mixed.
     ((h >> 120) as u8) % BUCKETS
 }
 
@@ -188,14 +187,28 @@ pub fn chain_hash(text: &str) -> String {
         .collect()
 }
 
-/// FNV-1a, 128 bits.
+/// FNV-1a, 128 bits, with a bijective finalizer: FNV alone leaves the last bytes' differences
+/// out of the top bits, which names and buckets are taken from.
 fn fnv128(text: &str) -> u128 {
     let mut h: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
     for b in text.bytes() {
         h ^= u128::from(b);
         h = h.wrapping_mul(0x0000_0000_0100_0000_0000_0000_0000_013b);
     }
-    h
+    let (mut hi, mut lo) = ((h >> 64) as u64, h as u64);
+    lo = fmix64(lo);
+    hi = fmix64(hi ^ lo);
+    lo = fmix64(lo ^ hi);
+    (u128::from(hi) << 64) | u128::from(lo)
+}
+
+/// MurmurHash3's 64-bit finalizer (a bijection that spreads every input bit).
+fn fmix64(mut k: u64) -> u64 {
+    k ^= k >> 33;
+    k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    k ^= k >> 33;
+    k = k.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    k ^ (k >> 33)
 }
 
 /// The tools of one family.
@@ -214,7 +227,10 @@ mod tests {
     fn chain_names_fit_iptables() {
         let h = chain_hash("ns/name/tcp/http");
         assert_eq!(h.len(), 15);
-        assert!(h.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()));
+        assert!(
+            h.chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+        );
         assert_ne!(h, chain_hash("ns/name/udp/http"));
         assert!(format!("SVCPLANE-SEP-{h}").len() <= 28);
         for s in Section::ALL {

@@ -56,6 +56,7 @@ pub const STARTUP: Duration = Duration::from_secs(20);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     Nftables,
+    Iptables,
 }
 
 impl Backend {
@@ -63,6 +64,7 @@ impl Backend {
     pub fn flag(self) -> &'static str {
         match self {
             Backend::Nftables => "nftables",
+            Backend::Iptables => "iptables",
         }
     }
 
@@ -72,6 +74,9 @@ impl Backend {
             Backend::Nftables => nft(ns, &["list", "tables"])
                 .lines()
                 .any(|l| l.split_whitespace().last() == Some("svcplane")),
+            Backend::Iptables => ["iptables-save", "ip6tables-save"]
+                .iter()
+                .any(|save| run(ns, &[save]).contains("SVCPLANE-")),
         }
     }
 
@@ -80,6 +85,11 @@ impl Backend {
     pub fn flush_ipv4(self, ns: &Netns) {
         match self {
             Backend::Nftables => drop(nft(ns, &["flush", "table", "ip", "svcplane"])),
+            Backend::Iptables => {
+                for table in ["nat", "filter"] {
+                    run(ns, &["iptables", "-w", "5", "-t", table, "-F"]);
+                }
+            }
         }
     }
 
@@ -90,8 +100,83 @@ impl Backend {
                 .iter()
                 .flat_map(|f| nft_affinity_elements(&nft(ns, &["list", "table", f, "svcplane"])))
                 .collect(),
+            Backend::Iptables => xt_recent_clients(ns),
         }
     }
+}
+
+/// `ARGV` inside `ns`; its stdout.
+fn run(ns: &Netns, argv: &[&str]) -> String {
+    let out = ns.exec(argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The clients the `-m recent` lists of `ns` remember now: entries seen within the timeout
+/// that the lists' `--rcheck --seconds` rules give (xt_recent keeps older entries until a rule
+/// reaps them, but no longer matches them).
+fn xt_recent_clients(ns: &Netns) -> Vec<IpAddr> {
+    let mut timeouts: BTreeMap<String, u64> = BTreeMap::new();
+    for save in ["iptables-save", "ip6tables-save"] {
+        for line in run(ns, &[save, "-t", "nat"]).lines() {
+            if let (Some(name), Some(seconds)) =
+                (word_after(line, "--name"), word_after(line, "--seconds"))
+            {
+                timeouts.insert(name.to_string(), seconds.parse().unwrap());
+            }
+        }
+    }
+    let script = "for f in /proc/net/xt_recent/*; do [ -e \"$f\" ] && echo \"list ${f##*/}\" && cat \"$f\"; done; true";
+    let lists = run(ns, &["sh", "-c", script]);
+    let (now, hz) = (jiffies(), jiffies_per_second());
+    let mut out = Vec::new();
+    let mut timeout = 0;
+    for line in lists.lines() {
+        if let Some(name) = line.strip_prefix("list ") {
+            timeout = timeouts.get(name).copied().unwrap_or(0);
+            continue;
+        }
+        let src = word_after(line, "").and_then(|w| w.strip_prefix("src="));
+        let seen = word_after(line, "last_seen:").and_then(|w| w.parse::<u64>().ok());
+        if let (Some(src), Some(seen)) = (src, seen)
+            && now.saturating_sub(seen) <= timeout * hz
+        {
+            out.push(src.parse().unwrap());
+        }
+    }
+    out
+}
+
+/// The word after `key` in `line` (the first word for an empty key).
+fn word_after<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let mut words = line.split_whitespace();
+    if key.is_empty() {
+        return words.next();
+    }
+    words.by_ref().find(|w| *w == key)?;
+    words.next()
+}
+
+/// The kernel's jiffies counter (global, not per namespace).
+fn jiffies() -> u64 {
+    let list = fs::read_to_string("/proc/timer_list").unwrap();
+    list.lines()
+        .find_map(|l| l.strip_prefix("jiffies: "))
+        .and_then(|j| j.trim().parse().ok())
+        .expect("jiffies in /proc/timer_list")
+}
+
+/// The kernel's HZ, measured once and rounded to a configurable value.
+fn jiffies_per_second() -> u64 {
+    static HZ: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *HZ.get_or_init(|| {
+        let (j0, t0) = (jiffies(), Instant::now());
+        std::thread::sleep(Duration::from_millis(300));
+        let rate = (jiffies() - j0) as f64 / t0.elapsed().as_secs_f64();
+        [100u64, 250, 300, 1000]
+            .into_iter()
+            .min_by_key(|hz| (rate - *hz as f64).abs() as u64)
+            .unwrap()
+    })
 }
 
 /// `nft ARGS` inside `ns`; its stdout.

@@ -1,0 +1,659 @@
+//! The desired iptables rules as a pure function of the catalog: [`Base`] renders the fixed
+//! chains of one family, [`service`] what one Service adds — its rules in the shared
+//! [`Section`]s and the chains of its own. Rules are iptables-restore rule specs (what follows
+//! `-A CHAIN`), built only from addresses, numbers and hashed chain names.
+//!
+//! The verdicts are the nftables backend's (`desired::service`), frontend by frontend: a
+//! ClusterIP goes to the internal-policy chain (masquerade mark for sources outside
+//! `--cluster-cidr`, or all with `--masquerade-all`); external IPs, VIP-mode load-balancer IPs
+//! and NodePorts go through `EXT` (eTP Cluster: mark, then every endpoint; eTP Local: mark
+//! node-origin traffic, short-circuit pod traffic to every endpoint, then the local ones); a
+//! frontend without backends is REJECTed when the Service has no usable endpoint at all and
+//! DROPped when a Local policy leaves this node without one; every live ClusterIP rejects
+//! unknown ports and the rest of the service CIDRs is dropped. Endpoint selection is
+//! [`crate::endpoints::select`], shared with the nftables backend.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use svcplane_common::model::{
+    Family, IpMode, IpPrefix, MergedEndpoint, Protocol, Service, ServicePort, ServiceType,
+    TrafficPolicy,
+};
+
+use super::{
+    CANARY, FORWARD, INPUT, MARK_MASQ, MARK_NOT_POD, NODEPORTS, OUTPUT, POSTROUTING, Section,
+    Table, chain_hash,
+};
+use crate::conntrack::StaleFlow;
+use crate::desired::service::proxied;
+use crate::desired::{MASQ_MARK, NodePortAddresses, ProxyConfig};
+use crate::endpoints::{self, Backend, PortEndpoints};
+
+/// A chain: (table, name).
+pub type ChainKey = (Table, String);
+
+/// Everything one Service adds to one family's rules.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceRules {
+    /// Its rules in each section's bucket chain, in order.
+    pub sections: BTreeMap<Section, Vec<String>>,
+    /// Chains only this Service uses, with their rules.
+    pub chains: BTreeMap<ChainKey, Vec<String>>,
+    /// `healthCheckNodePort` and the number of ready node-local endpoints (eTP Local).
+    pub health: Option<(u16, usize)>,
+    /// UDP flows the rules create; what disappears between two renders is stale conntrack
+    /// state (as in the nftables backend).
+    pub udp: BTreeSet<StaleFlow>,
+}
+
+impl ServiceRules {
+    /// Adds no rule at all (deleted, not proxied, or no ClusterIP of the family).
+    pub fn is_empty(&self) -> bool {
+        self.sections.is_empty() && self.chains.is_empty()
+    }
+
+    fn push(&mut self, section: Section, rule: String) {
+        self.sections.entry(section).or_default().push(rule);
+    }
+}
+
+/// The node-wide settings as the rules of one family use them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Base {
+    pub family: Family,
+    cluster_cidrs: Vec<String>,
+    service_cidrs: Vec<String>,
+    /// `-d PREFIX` of each `--nodeport-addresses` prefix, or one empty match for every local
+    /// address; empty: no NodePorts in this family.
+    nodeport_matches: Vec<String>,
+    masquerade_all: bool,
+}
+
+impl Base {
+    pub fn new(config: &ProxyConfig, family: Family) -> Base {
+        let nodeport_matches = match &config.nodeport_addresses {
+            NodePortAddresses::All | NodePortAddresses::Primary => vec![String::new()],
+            NodePortAddresses::Prefixes(p) => prefixes(p, family)
+                .into_iter()
+                .map(|p| format!("-d {p} "))
+                .collect(),
+        };
+        Base {
+            family,
+            cluster_cidrs: prefixes(&config.cluster_cidrs, family),
+            service_cidrs: prefixes(&config.service_cidrs, family),
+            nodeport_matches,
+            masquerade_all: config.masquerade_all,
+        }
+    }
+
+    /// `-j REJECT` with the family's ICMP port unreachable.
+    pub fn reject(&self) -> &'static str {
+        match self.family {
+            Family::V4 => "-j REJECT --reject-with icmp-port-unreachable",
+            Family::V6 => "-j REJECT --reject-with icmp6-port-unreachable",
+        }
+    }
+
+    /// The chain ClusterIP traffic jumps to for its masquerade mark, if any.
+    fn cluster_ip_mark(&self) -> Option<&'static str> {
+        if self.masquerade_all {
+            Some(MARK_MASQ)
+        } else if !self.cluster_cidrs.is_empty() {
+            Some(MARK_NOT_POD)
+        } else {
+            None
+        }
+    }
+
+    /// Every fixed chain with its rules, given the non-empty buckets of each section.
+    pub fn chains(
+        &self,
+        buckets: &BTreeMap<Section, BTreeSet<u8>>,
+    ) -> Vec<(ChainKey, Vec<String>)> {
+        let none = BTreeSet::new();
+        let mut out: Vec<(ChainKey, Vec<String>)> = Section::ALL
+            .iter()
+            .map(|&s| {
+                let rules = self.parent(s, buckets.get(&s).unwrap_or(&none));
+                ((s.table(), s.parent().to_string()), rules)
+            })
+            .collect();
+        let mark = format!("{MASQ_MARK:#x}");
+        let mut fixed = vec![
+            (
+                (Table::Nat, POSTROUTING),
+                vec![
+                    format!("-m mark ! --mark {mark}/{mark} -j RETURN"),
+                    format!("-j MARK --xor-mark {mark}"),
+                    "-j MASQUERADE --random-fully".to_string(),
+                ],
+            ),
+            (
+                (Table::Nat, MARK_MASQ),
+                vec![format!("-j MARK --or-mark {mark}")],
+            ),
+            ((Table::Filter, INPUT), self.filter_entry(true)),
+            ((Table::Filter, FORWARD), self.filter_entry(false)),
+            ((Table::Filter, OUTPUT), self.filter_entry(false)),
+            ((Table::Nat, CANARY), vec!["-j RETURN".to_string()]),
+            ((Table::Filter, CANARY), vec!["-j RETURN".to_string()]),
+        ];
+        if !self.masquerade_all && !self.cluster_cidrs.is_empty() {
+            let mut rules: Vec<String> = self
+                .cluster_cidrs
+                .iter()
+                .map(|c| format!("-s {c} -j RETURN"))
+                .collect();
+            rules.push(format!("-j {MARK_MASQ}"));
+            fixed.push(((Table::Nat, MARK_NOT_POD), rules));
+        }
+        out.extend(
+            fixed
+                .into_iter()
+                .map(|((t, name), rules)| ((t, name.to_string()), rules)),
+        );
+        out
+    }
+
+    /// The rules of a section's parent chain: a jump to each non-empty bucket, then what must
+    /// come after every Service's rules.
+    pub fn parent(&self, section: Section, buckets: &BTreeSet<u8>) -> Vec<String> {
+        let mut rules: Vec<String> = buckets
+            .iter()
+            .map(|&b| format!("-j {}", section.bucket(b)))
+            .collect();
+        match section {
+            Section::Services => rules.extend(self.nodeport_jumps(NODEPORTS)),
+            Section::ClusterIps => {
+                rules.extend(self.service_cidrs.iter().map(|c| format!("-d {c} -j DROP")))
+            }
+            _ => {}
+        }
+        rules
+    }
+
+    /// Jumps to `target` for traffic to local addresses within `--nodeport-addresses`.
+    fn nodeport_jumps(&self, target: &str) -> Vec<String> {
+        self.nodeport_matches
+            .iter()
+            .map(|m| format!("{m}-m addrtype --dst-type LOCAL -j {target}"))
+            .collect()
+    }
+
+    /// SVCPLANE-INPUT (`input`) or SVCPLANE-FORWARD/OUTPUT: the order of the nftables
+    /// backend's filter chains.
+    fn filter_entry(&self, input: bool) -> Vec<String> {
+        let mut rules = vec![format!("-j {}", Section::Firewall.parent())];
+        if input {
+            rules.extend(self.nodeport_jumps(Section::NodePortNoEndpoints.parent()));
+        }
+        rules.push(format!("-j {}", Section::NoEndpoints.parent()));
+        if !input {
+            rules.push(format!("-j {}", Section::ClusterIps.parent()));
+        }
+        rules
+    }
+}
+
+fn prefixes(list: &[IpPrefix], family: Family) -> Vec<String> {
+    list.iter()
+        .filter(|p| Family::of(&p.addr) == family)
+        .map(|p| format!("{}/{}", p.addr, p.len))
+        .collect()
+}
+
+/// `ip/32` or `ip/128`.
+fn host(ip: &IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("{v4}/32"),
+        IpAddr::V6(v6) => format!("{v6}/128"),
+    }
+}
+
+/// The DNAT destination of a backend.
+fn socket(b: &Backend) -> String {
+    match b.ip {
+        IpAddr::V4(v4) => format!("{v4}:{}", b.port),
+        IpAddr::V6(v6) => format!("[{v6}]:{}", b.port),
+    }
+}
+
+/// A comment naming the Service port; only `[a-z0-9-./:]` pass (object names are already
+/// DNS labels; anything else would be replaced).
+fn comment(service: &Service, port: Option<&ServicePort>) -> String {
+    let text = match port {
+        Some(p) => format!("{}/{}:{}", service.key.namespace, service.key.name, p.name),
+        None => format!("{}/{}", service.key.namespace, service.key.name),
+    };
+    let safe: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() || "-./:".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!("-m comment --comment {safe}")
+}
+
+/// The rules of `service` with its merged endpoints in family `family`.
+pub fn service(
+    service: &Service,
+    endpoints: &[MergedEndpoint],
+    config: &ProxyConfig,
+    base: &Base,
+) -> ServiceRules {
+    let family = base.family;
+    let mut out = ServiceRules::default();
+    if !proxied(service, config) {
+        return out;
+    }
+    let cluster_ips: Vec<IpAddr> = service
+        .cluster_ips
+        .iter()
+        .filter(|ip| Family::of(ip) == family)
+        .copied()
+        .collect();
+    if cluster_ips.is_empty() {
+        return out;
+    }
+    for ip in &cluster_ips {
+        let rule = format!(
+            "-d {} {} {}",
+            host(ip),
+            comment(service, None),
+            base.reject()
+        );
+        out.push(Section::ClusterIps, rule);
+    }
+    for port in &service.ports {
+        let sel = endpoints::select(service, port, endpoints, family, &config.node);
+        PortRules::new(&mut out, base, service, port, &sel).render(&cluster_ips);
+    }
+    out.health = health(service, endpoints, config, family);
+    out
+}
+
+/// The health-check answer, counted once in the family of the primary ClusterIP.
+fn health(
+    service: &Service,
+    endpoints: &[MergedEndpoint],
+    config: &ProxyConfig,
+    family: Family,
+) -> Option<(u16, usize)> {
+    let primary = service
+        .cluster_ips
+        .first()
+        .is_some_and(|ip| Family::of(ip) == family);
+    let port = service
+        .health_check_node_port
+        .filter(|_| primary && external_local(service))?;
+    let local = endpoints::local_ready_endpoints(endpoints, family, &config.node);
+    Some((port, local))
+}
+
+fn has_node_ports(s: &Service) -> bool {
+    matches!(
+        s.service_type,
+        ServiceType::NodePort | ServiceType::LoadBalancer
+    )
+}
+
+/// externalTrafficPolicy only applies to Services with external frontends.
+fn external_local(s: &Service) -> bool {
+    s.external_traffic_policy == TrafficPolicy::Local
+        && (has_node_ports(s) || !s.external_ips.is_empty())
+}
+
+/// External IPs and VIP-mode load-balancer IPs of the family, with whether they are LB
+/// addresses (source ranges apply only to those).
+fn external_addresses(s: &Service, family: Family) -> Vec<(IpAddr, bool)> {
+    let external = s.external_ips.iter().map(|ip| (*ip, false));
+    let lb = s
+        .lb_ingress
+        .iter()
+        .filter(|i| i.ip_mode == IpMode::Vip && s.service_type == ServiceType::LoadBalancer)
+        .map(|i| (i.ip, true));
+    external
+        .chain(lb)
+        .filter(|(ip, _)| Family::of(ip) == family)
+        .collect()
+}
+
+/// The chains of one Service port.
+struct Names {
+    svc: String,
+    svl: String,
+    ext: String,
+    fw: String,
+    /// What endpoint chain names hash after the port's own text.
+    base: String,
+}
+
+impl Names {
+    fn new(service: &Service, port: &ServicePort) -> Names {
+        let base = format!(
+            "{}/{}/{}/{}",
+            service.key.namespace,
+            service.key.name,
+            port.protocol.as_lower(),
+            port.name
+        );
+        let h = chain_hash(&base);
+        Names {
+            svc: format!("SVCPLANE-SVC-{h}"),
+            svl: format!("SVCPLANE-SVL-{h}"),
+            ext: format!("SVCPLANE-EXT-{h}"),
+            fw: format!("SVCPLANE-FW-{h}"),
+            base,
+        }
+    }
+
+    fn endpoint(&self, b: &Backend) -> String {
+        format!(
+            "SVCPLANE-SEP-{}",
+            chain_hash(&format!("{}/{}", self.base, socket(b)))
+        )
+    }
+}
+
+/// Renders one Service port.
+struct PortRules<'a> {
+    out: &'a mut ServiceRules,
+    base: &'a Base,
+    service: &'a Service,
+    port: &'a ServicePort,
+    sel: &'a PortEndpoints,
+    names: Names,
+    proto: &'static str,
+    comment: String,
+    /// Policy chains something jumps to.
+    used: BTreeSet<String>,
+}
+
+impl<'a> PortRules<'a> {
+    fn new(
+        out: &'a mut ServiceRules,
+        base: &'a Base,
+        service: &'a Service,
+        port: &'a ServicePort,
+        sel: &'a PortEndpoints,
+    ) -> PortRules<'a> {
+        PortRules {
+            out,
+            base,
+            service,
+            port,
+            sel,
+            names: Names::new(service, port),
+            proto: port.protocol.as_lower(),
+            comment: comment(service, Some(port)),
+            used: BTreeSet::new(),
+        }
+    }
+
+    fn render(mut self, cluster_ips: &[IpAddr]) {
+        let marks: Vec<String> = cluster_ips
+            .iter()
+            .filter_map(|ip| self.cluster_ip(ip))
+            .collect();
+        let externals = external_addresses(self.service, self.base.family);
+        let node_port = self.port.node_port.filter(|_| has_node_ports(self.service));
+        let ext = if externals.is_empty() && node_port.is_none() {
+            None
+        } else {
+            self.ext_chain()
+        };
+        for (ip, is_lb) in &externals {
+            self.external(ip, *is_lb, ext.as_deref());
+        }
+        if let Some(node_port) = node_port {
+            self.node_port(node_port, ext.as_deref());
+        }
+        let internal_local = self.sel.internal_policy_local;
+        let (svc_marks, svl_marks) = if internal_local {
+            (vec![], marks)
+        } else {
+            (marks, vec![])
+        };
+        let (svc, svl) = (self.names.svc.clone(), self.names.svl.clone());
+        let sel: &'a PortEndpoints = self.sel;
+        if self.used.contains(&svc) {
+            self.policy_chain(&svc, &sel.cluster, svc_marks);
+        }
+        if self.used.contains(&svl) {
+            self.policy_chain(&svl, &sel.local, svl_marks);
+        }
+    }
+
+    /// `-d ip -p proto --dport port` of a frontend.
+    fn dest(&self, ip: &IpAddr) -> String {
+        let p = self.proto;
+        format!("-d {} -p {p} -m {p} --dport {}", host(ip), self.port.port)
+    }
+
+    /// The verdict for a frontend whose traffic has no backend here.
+    fn missing(&self) -> String {
+        if self.sel.has_any {
+            "-j DROP".to_string()
+        } else {
+            self.base.reject().to_string()
+        }
+    }
+
+    fn push(&mut self, section: Section, matches: &str, target: &str) {
+        let rule = format!("{matches} {} {target}", self.comment);
+        self.out.push(section, rule);
+    }
+
+    /// Dispatches one ClusterIP; returns its masquerade rule for the internal chain.
+    fn cluster_ip(&mut self, ip: &IpAddr) -> Option<String> {
+        let sel: &'a PortEndpoints = self.sel;
+        let backends = sel.internal();
+        self.track_udp(*ip, backends);
+        let dest = self.dest(ip);
+        if backends.is_empty() {
+            let verdict = self.missing();
+            self.push(Section::NoEndpoints, &dest, &verdict);
+            return None;
+        }
+        let chain = if sel.internal_policy_local {
+            self.names.svl.clone()
+        } else {
+            self.names.svc.clone()
+        };
+        self.push(Section::Services, &dest, &format!("-j {chain}"));
+        self.used.insert(chain);
+        let mark = self.base.cluster_ip_mark()?;
+        Some(format!("{dest} -j {mark}"))
+    }
+
+    /// The EXT chain of external traffic, if it has any rule.
+    fn ext_chain(&mut self) -> Option<String> {
+        let (svc, svl) = (self.names.svc.clone(), self.names.svl.clone());
+        let sel = self.sel;
+        let mut rules = Vec::new();
+        if !sel.external_policy_local {
+            if !sel.cluster.is_empty() {
+                rules.push(format!("-j {MARK_MASQ}"));
+                rules.push(format!("-j {svc}"));
+                self.used.insert(svc);
+            }
+        } else {
+            if !sel.local.is_empty() {
+                rules.push(format!("-m addrtype --src-type LOCAL -j {MARK_MASQ}"));
+            }
+            // Pods reach every endpoint (kube-proxy's short-circuit), never dropped for lack
+            // of a local one.
+            if !sel.cluster.is_empty() && !self.base.cluster_cidrs.is_empty() {
+                for cidr in &self.base.cluster_cidrs {
+                    rules.push(format!("-s {cidr} -j {svc}"));
+                }
+                self.used.insert(svc);
+            }
+            if !sel.local.is_empty() {
+                rules.push(format!("-j {svl}"));
+                self.used.insert(svl);
+            }
+        }
+        if rules.is_empty() {
+            return None;
+        }
+        let ext = self.names.ext.clone();
+        self.out.chains.insert((Table::Nat, ext.clone()), rules);
+        Some(ext)
+    }
+
+    /// An external IP or load-balancer IP.
+    fn external(&mut self, ip: &IpAddr, is_lb: bool, ext: Option<&str>) {
+        let flows = self.external_flow_backends();
+        self.track_udp(*ip, &flows);
+        let dest = self.dest(ip);
+        let firewalled = is_lb && !self.service.lb_source_ranges.is_empty();
+        if firewalled {
+            let fw = self.names.fw.clone();
+            self.firewall_chains(ext);
+            self.push(Section::Firewall, &dest, &format!("-j {fw}"));
+        }
+        if let Some(ext) = ext {
+            let target = if firewalled { &self.names.fw } else { ext };
+            let target = format!("-j {target}");
+            self.push(Section::Services, &dest, &target);
+        }
+        if self.sel.external().is_empty() {
+            let verdict = self.missing();
+            self.push(Section::NoEndpoints, &dest, &verdict);
+        }
+    }
+
+    /// `loadBalancerSourceRanges`: nat dispatches listed sources only; filter drops the rest
+    /// (traffic not DNATed still has the load-balancer address).
+    fn firewall_chains(&mut self, ext: Option<&str>) {
+        let family = self.base.family;
+        let ranges: Vec<String> = prefixes(&self.service.lb_source_ranges, family);
+        let mut filter: Vec<String> = ranges.iter().map(|r| format!("-s {r} -j RETURN")).collect();
+        filter.push("-j DROP".to_string());
+        let fw = self.names.fw.clone();
+        self.out.chains.insert((Table::Filter, fw.clone()), filter);
+        if let Some(ext) = ext {
+            let nat = ranges.iter().map(|r| format!("-s {r} -j {ext}")).collect();
+            self.out.chains.insert((Table::Nat, fw), nat);
+        }
+    }
+
+    fn node_port(&mut self, node_port: u16, ext: Option<&str>) {
+        let flows = self.external_flow_backends();
+        self.track_udp_node_port(node_port, &flows);
+        let p = self.proto;
+        let matches = format!("-p {p} -m {p} --dport {node_port}");
+        if let Some(ext) = ext {
+            self.push(Section::NodePorts, &matches, &format!("-j {ext}"));
+        }
+        if self.sel.external().is_empty() {
+            let verdict = self.missing();
+            self.push(Section::NodePortNoEndpoints, &matches, &verdict);
+        }
+    }
+
+    /// SVC or SVL: the masquerade rules of ClusterIP traffic, remembered clients (ClientIP
+    /// affinity), then a random pick.
+    fn policy_chain(&mut self, name: &str, backends: &[Backend], marks: Vec<String>) {
+        let mut rules = marks;
+        let seps: Vec<String> = backends.iter().map(|b| self.names.endpoint(b)).collect();
+        if let Some(timeout) = self.service.affinity_timeout {
+            rules.extend(seps.iter().map(|sep| {
+                format!("-m recent --name {sep} --rcheck --seconds {timeout} --reap -j {sep}")
+            }));
+        }
+        let n = backends.len();
+        for (i, (b, sep)) in backends.iter().zip(&seps).enumerate() {
+            if i + 1 < n {
+                let p = 1.0 / (n - i) as f64;
+                rules.push(format!(
+                    "-m statistic --mode random --probability {p:.10} -j {sep}"
+                ));
+            } else {
+                rules.push(format!("-j {sep}"));
+            }
+            self.endpoint_chain(sep, b);
+        }
+        self.out
+            .chains
+            .insert((Table::Nat, name.to_string()), rules);
+    }
+
+    /// SEP: hairpin traffic is masqueraded; remember the client (affinity); DNAT.
+    fn endpoint_chain(&mut self, sep: &str, b: &Backend) {
+        let remember = match self.service.affinity_timeout {
+            Some(_) => format!("-m recent --name {sep} --set "),
+            None => String::new(),
+        };
+        let rules = vec![
+            format!("-s {} -j {MARK_MASQ}", host(&b.ip)),
+            format!(
+                "-p {} {remember}-j DNAT --to-destination {}",
+                self.proto,
+                socket(b)
+            ),
+        ];
+        self.out.chains.insert((Table::Nat, sep.to_string()), rules);
+    }
+
+    /// The backends UDP flows to an external frontend may reach (with the pod short-circuit's
+    /// under eTP Local).
+    fn external_flow_backends(&self) -> Vec<Backend> {
+        let mut all = self.sel.external().to_vec();
+        if self.sel.external_policy_local {
+            all.extend_from_slice(&self.sel.cluster);
+        }
+        all
+    }
+
+    fn track_udp(&mut self, frontend: IpAddr, backends: &[Backend]) {
+        let (port, protocol) = (self.port.port, self.port.protocol);
+        if protocol != Protocol::Udp {
+            return;
+        }
+        if backends.is_empty() {
+            self.out.udp.insert(StaleFlow::Frontend {
+                frontend,
+                port,
+                protocol,
+            });
+        }
+        for b in backends {
+            self.out.udp.insert(StaleFlow::Endpoint {
+                frontend,
+                port,
+                protocol,
+                endpoint: b.ip,
+            });
+        }
+    }
+
+    fn track_udp_node_port(&mut self, port: u16, backends: &[Backend]) {
+        let protocol = self.port.protocol;
+        if protocol != Protocol::Udp {
+            return;
+        }
+        if backends.is_empty() {
+            let family = self.base.family;
+            self.out.udp.insert(StaleFlow::NodePortFrontend {
+                port,
+                protocol,
+                family,
+            });
+        }
+        for b in backends {
+            self.out.udp.insert(StaleFlow::NodePort {
+                port,
+                protocol,
+                endpoint: b.ip,
+            });
+        }
+    }
+}
