@@ -57,6 +57,8 @@ pub const CANARY: &str = "SVCPLANE-CANARY";
 pub const BUCKETS: u8 = 64;
 
 /// The jump rules from built-in chains: (table, built-in chain, rule spec after the chain).
+/// The filter chains see only new connections that were not DNATed: a DNATed packet is
+/// addressed to an endpoint, never to a frontend or a ClusterIP, so they could not match it.
 pub const JUMPS: [(Table, &str, &str); 6] = [
     (
         Table::Nat,
@@ -76,17 +78,17 @@ pub const JUMPS: [(Table, &str, &str); 6] = [
     (
         Table::Filter,
         "INPUT",
-        "-m conntrack --ctstate NEW -m comment --comment svcplane -j SVCPLANE-INPUT",
+        "-m conntrack --ctstate NEW -m conntrack ! --ctstate DNAT -m comment --comment svcplane -j SVCPLANE-INPUT",
     ),
     (
         Table::Filter,
         "FORWARD",
-        "-m conntrack --ctstate NEW -m comment --comment svcplane -j SVCPLANE-FORWARD",
+        "-m conntrack --ctstate NEW -m conntrack ! --ctstate DNAT -m comment --comment svcplane -j SVCPLANE-FORWARD",
     ),
     (
         Table::Filter,
         "OUTPUT",
-        "-m conntrack --ctstate NEW -m comment --comment svcplane -j SVCPLANE-OUTPUT",
+        "-m conntrack --ctstate NEW -m conntrack ! --ctstate DNAT -m comment --comment svcplane -j SVCPLANE-OUTPUT",
     ),
 ];
 
@@ -124,18 +126,22 @@ pub enum Section {
     NoEndpoints,
     /// filter: NodePorts without backends.
     NodePortNoEndpoints,
-    /// filter: every live ClusterIP (ports without a frontend are rejected).
+    /// filter: every live ClusterIP within `--service-cidr` (ports without a frontend are
+    /// rejected); entered only for destinations in the service CIDRs.
     ClusterIps,
+    /// filter: live ClusterIPs outside every `--service-cidr` (all of them without one).
+    OtherClusterIps,
 }
 
 impl Section {
-    pub const ALL: [Section; 6] = [
+    pub const ALL: [Section; 7] = [
         Section::Services,
         Section::NodePorts,
         Section::Firewall,
         Section::NoEndpoints,
         Section::NodePortNoEndpoints,
         Section::ClusterIps,
+        Section::OtherClusterIps,
     ];
 
     pub fn table(self) -> Table {
@@ -154,6 +160,7 @@ impl Section {
             Section::NoEndpoints => "SVCPLANE-NO-ENDPOINTS",
             Section::NodePortNoEndpoints => "SVCPLANE-NP-NO-ENDPOINTS",
             Section::ClusterIps => "SVCPLANE-CLUSTER-IPS",
+            Section::OtherClusterIps => "SVCPLANE-OTHER-CLUSTER-IPS",
         }
     }
 
@@ -166,6 +173,7 @@ impl Section {
             Section::NoEndpoints => "SVCPLANE-NOEP-",
             Section::NodePortNoEndpoints => "SVCPLANE-NPNOEP-",
             Section::ClusterIps => "SVCPLANE-CIPS-",
+            Section::OtherClusterIps => "SVCPLANE-OCIPS-",
         };
         format!("{prefix}{b:02X}")
     }

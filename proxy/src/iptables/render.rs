@@ -12,6 +12,10 @@
 //! DROPped when a Local policy leaves this node without one; every live ClusterIP rejects
 //! unknown ports and the rest of the service CIDRs is dropped. Endpoint selection is
 //! [`crate::endpoints::select`], shared with the nftables backend.
+//!
+//! iptables has no sets, so what nftables looks up in one step is a walk here; the walks are
+//! kept off the common paths: the filter chains only see new connections that were not
+//! DNATed, and the ClusterIP rejects only destinations within the service CIDRs.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -64,6 +68,7 @@ pub struct Base {
     pub family: Family,
     cluster_cidrs: Vec<String>,
     service_cidrs: Vec<String>,
+    service_prefixes: Vec<IpPrefix>,
     /// `-d PREFIX` of each `--nodeport-addresses` prefix, or one empty match for every local
     /// address; empty: no NodePorts in this family.
     nodeport_matches: Vec<String>,
@@ -83,6 +88,12 @@ impl Base {
             family,
             cluster_cidrs: prefixes(&config.cluster_cidrs, family),
             service_cidrs: prefixes(&config.service_cidrs, family),
+            service_prefixes: config
+                .service_cidrs
+                .iter()
+                .filter(|p| Family::of(&p.addr) == family)
+                .copied()
+                .collect(),
             nodeport_matches,
             masquerade_all: config.masquerade_all,
         }
@@ -93,6 +104,15 @@ impl Base {
         match self.family {
             Family::V4 => "-j REJECT --reject-with icmp-port-unreachable",
             Family::V6 => "-j REJECT --reject-with icmp6-port-unreachable",
+        }
+    }
+
+    /// The section of a ClusterIP's reject rule: within the service CIDRs or not.
+    fn cluster_ip_section(&self, ip: &IpAddr) -> Section {
+        if self.service_prefixes.iter().any(|p| contains(p, ip)) {
+            Section::ClusterIps
+        } else {
+            Section::OtherClusterIps
         }
     }
 
@@ -191,9 +211,34 @@ impl Base {
         }
         rules.push(format!("-j {}", Section::NoEndpoints.parent()));
         if !input {
-            rules.push(format!("-j {}", Section::ClusterIps.parent()));
+            let cluster_ips = Section::ClusterIps.parent();
+            rules.extend(
+                self.service_cidrs
+                    .iter()
+                    .map(|c| format!("-d {c} -j {cluster_ips}")),
+            );
+            rules.push(format!("-j {}", Section::OtherClusterIps.parent()));
         }
         rules
+    }
+}
+
+/// Whether `prefix` contains `ip`.
+fn contains(prefix: &IpPrefix, ip: &IpAddr) -> bool {
+    match (prefix.addr, ip) {
+        (IpAddr::V4(net), IpAddr::V4(ip)) => {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(prefix.len))
+                .unwrap_or(0);
+            u32::from(net) & mask == u32::from(*ip) & mask
+        }
+        (IpAddr::V6(net), IpAddr::V6(ip)) => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(prefix.len))
+                .unwrap_or(0);
+            u128::from(net) & mask == u128::from(*ip) & mask
+        }
+        _ => false,
     }
 }
 
@@ -268,7 +313,7 @@ pub fn service(
             comment(service, None),
             base.reject()
         );
-        out.push(Section::ClusterIps, rule);
+        out.push(base.cluster_ip_section(ip), rule);
     }
     for port in &service.ports {
         let sel = endpoints::select(service, port, endpoints, family, &config.node);
@@ -654,6 +699,51 @@ impl<'a> PortRules<'a> {
                 protocol,
                 endpoint: b.ip,
             });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prefix(text: &str) -> IpPrefix {
+        svcplane_common::config::parse_prefix(text).expect("prefix")
+    }
+
+    #[test]
+    fn prefix_containment() {
+        let ip = |t: &str| t.parse::<IpAddr>().expect("ip");
+        assert!(contains(&prefix("10.96.0.0/12"), &ip("10.111.255.1")));
+        assert!(!contains(&prefix("10.96.0.0/12"), &ip("10.112.0.1")));
+        assert!(contains(&prefix("0.0.0.0/0"), &ip("192.0.2.1")));
+        assert!(contains(&prefix("fd00:96::/108"), &ip("fd00:96::1")));
+        assert!(!contains(&prefix("fd00:96::/108"), &ip("10.96.0.1")));
+    }
+
+    #[test]
+    fn cluster_ips_outside_the_service_cidrs_are_rejected_unconditionally() {
+        let config = ProxyConfig {
+            node: crate::endpoints::NodeInfo::new("node-a", None),
+            cluster_cidrs: vec![],
+            service_cidrs: vec![prefix("10.96.0.0/16")],
+            nodeport_addresses: NodePortAddresses::All,
+            masquerade_all: false,
+            proxy_name: None,
+        };
+        let base = Base::new(&config, Family::V4);
+        let key = svcplane_common::model::ObjectKey::new("ns", "s");
+        for (ip, section) in [
+            ("10.96.0.1", Section::ClusterIps),
+            ("10.200.0.1", Section::OtherClusterIps),
+        ] {
+            let svc = Service::new(key.clone(), vec![ip.parse().expect("ip")]);
+            let rules = service(&svc, &[], &config, &base);
+            assert_eq!(
+                rules.sections.keys().collect::<Vec<_>>(),
+                [&section],
+                "{ip}"
+            );
         }
     }
 }
