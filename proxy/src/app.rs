@@ -284,11 +284,17 @@ pub async fn start(args: Args) -> Result<Running> {
             spawn_engine(catalog, engine, periods, &shutdown, other, on_programmed);
         }
     }
-    let health_addr = serve_health(&health, "--health-addr", args.health_addr, &shutdown).await?;
+    let health_addr = health
+        .bind(args.health_addr, &shutdown)
+        .await
+        .with_context(|| format!("--health-addr {}: binding", args.health_addr))?;
     let metrics_addr = if args.metrics_addr == args.health_addr {
         health_addr
     } else {
-        serve_health(&health, "--metrics-addr", args.metrics_addr, &shutdown).await?
+        health
+            .bind(args.metrics_addr, &shutdown)
+            .await
+            .with_context(|| format!("--metrics-addr {}: binding", args.metrics_addr))?
     };
     Ok(Running {
         health_addr,
@@ -338,35 +344,11 @@ fn spawn_engine<E: Engine + 'static>(
     ));
 }
 
-async fn serve_health(
-    health: &Health,
-    flag: &str,
-    addr: SocketAddr,
-    shutdown: &CancellationToken,
-) -> Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("{flag} {addr}: binding"))?;
-    let bound = listener.local_addr()?;
-    let (health, shutdown) = (health.clone(), shutdown.clone());
-    tokio::spawn(async move { health.serve(listener, shutdown).await });
-    Ok(bound)
-}
-
 /// The whole program: flags from the command line, logs to stderr, runs until SIGTERM.
 pub fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    svcplane_common::process::init_tracing();
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime = svcplane_common::process::runtime().context("starting the async runtime")?;
     runtime.block_on(async {
         match args.command {
             Some(Command::Render) => {
@@ -377,22 +359,10 @@ pub fn main() -> Result<()> {
             None => {
                 let running = start(args).await?;
                 tracing::info!(health = %running.health_addr, metrics = %running.metrics_addr, "svcplane-proxy running");
-                wait_for_signal().await;
+                svcplane_common::process::wait_for_signal().await;
                 running.shutdown.cancel();
                 Ok(())
             }
         }
     })
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }
