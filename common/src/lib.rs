@@ -7,6 +7,7 @@
 pub mod catalog;
 pub mod config;
 pub mod convert;
+pub mod cowmap;
 pub mod health;
 pub mod intern;
 pub mod model;

@@ -255,8 +255,15 @@ pub struct Endpoint {
     pub terminating: bool,
     /// `targetRef` when it names a Pod (its name), for PTR/hostname fallbacks.
     pub pod_name: Option<Arc<str>>,
-    pub hint_zones: Vec<Arc<str>>,
-    pub hint_nodes: Vec<Arc<str>>,
+    /// `hints`; boxed because most endpoints have none (this struct exists once per endpoint).
+    pub hints: Option<Box<Hints>>,
+}
+
+/// Topology hints of an endpoint (`hints.forZones`, `hints.forNodes`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct Hints {
+    pub zones: Vec<Arc<str>>,
+    pub nodes: Vec<Arc<str>>,
 }
 
 impl Endpoint {
@@ -271,9 +278,18 @@ impl Endpoint {
             serving: true,
             terminating: false,
             pod_name: None,
-            hint_zones: vec![],
-            hint_nodes: vec![],
+            hints: None,
         }
+    }
+
+    /// `hints.forZones` (empty without hints).
+    pub fn hint_zones(&self) -> &[Arc<str>] {
+        self.hints.as_deref().map_or(&[], |h| &h.zones)
+    }
+
+    /// `hints.forNodes` (empty without hints).
+    pub fn hint_nodes(&self) -> &[Arc<str>] {
+        self.hints.as_deref().map_or(&[], |h| &h.nodes)
     }
 }
 
@@ -284,8 +300,11 @@ pub struct EndpointSlice {
     /// Label `kubernetes.io/service-name`; slices without it belong to no Service.
     pub service_name: Option<Arc<str>>,
     pub family: Family,
-    pub ports: Vec<EndpointPort>,
-    pub endpoints: Vec<Endpoint>,
+    /// Shared with the merged endpoint lists built from this slice.
+    pub ports: Arc<[EndpointPort]>,
+    /// Each behind an `Arc` shared by the source, the catalog and the merged lists, so an
+    /// endpoint is held once however many of them refer to it.
+    pub endpoints: Vec<Arc<Endpoint>>,
 }
 
 /// Endpoints of one Service merged across its slices: each endpoint with the ports of its slice.

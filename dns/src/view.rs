@@ -3,14 +3,14 @@
 //! [`ViewBuilder::update`] turns a catalog [`Snapshot`] into a [`View`] doing work in proportion
 //! to the Services that changed since the previous update (the catalog's change log): each
 //! changed Service's entry is rebuilt and its PTR contributions swapped. The `View` is immutable
-//! and published through an `ArcSwap`, so query workers read it without locks; persistent maps
+//! and published through an `ArcSwap`, so query workers read it without locks; copy-on-write maps
 //! make each publication O(changes).
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use svcplane_common::catalog::{Changes, Snapshot};
+use svcplane_common::cowmap::CowMap;
 use svcplane_common::model::{MergedEndpoint, ObjectKey, Service, ServiceType};
 
 use crate::name::{Name, dashed};
@@ -85,11 +85,11 @@ pub struct View {
     pub generation: u64,
     pub synced: bool,
     /// Keyed by `<svc>.<ns>`.
-    pub services: imbl::HashMap<Arc<str>, Arc<ServiceDns>>,
+    pub services: CowMap<Arc<str>, Arc<ServiceDns>>,
     /// Number of Services per namespace (a namespace with Services exists in DNS).
-    pub namespace_services: imbl::HashMap<Arc<str>, u32>,
+    pub namespace_services: CowMap<Arc<str>, u32>,
     /// PTR targets per address: ClusterIPs and endpoint addresses.
-    pub reverse: imbl::HashMap<IpAddr, Arc<[PtrTarget]>>,
+    pub reverse: CowMap<IpAddr, PtrTargets>,
     pub snapshot: Arc<Snapshot>,
 }
 
@@ -110,13 +110,12 @@ impl View {
     }
 }
 
-/// Builds successive views; owns the bookkeeping that lets updates be incremental.
+/// Builds successive views. What a Service contributed to the PTR index is recomputed from its
+/// previous entry when it changes, so no bookkeeping beyond the view itself is kept.
 #[derive(Debug)]
 pub struct ViewBuilder {
     config: ViewConfig,
     view: View,
-    /// PTR entries each Service contributed, to withdraw them when it changes.
-    contributed: HashMap<ObjectKey, Vec<IpAddr>>,
 }
 
 impl ViewBuilder {
@@ -124,7 +123,6 @@ impl ViewBuilder {
         ViewBuilder {
             config,
             view: View::default(),
-            contributed: HashMap::new(),
         }
     }
 
@@ -133,7 +131,7 @@ impl ViewBuilder {
         let keys: Vec<ObjectKey> = match snapshot.changes_since(self.view.generation) {
             Changes::Full => {
                 let mut all: Vec<ObjectKey> = snapshot.services.keys().cloned().collect();
-                all.extend(self.contributed.keys().cloned());
+                all.extend(self.view.services.values().map(|e| e.service.key.clone()));
                 all
             }
             Changes::Some { services, .. } => services.into_iter().collect(),
@@ -149,12 +147,11 @@ impl ViewBuilder {
 
     fn rebuild(&mut self, snapshot: &Snapshot, key: &ObjectKey) {
         let map_key: Arc<str> = format!("{}.{}", key.name, key.namespace).into();
-        let old = self.view.services.remove(&map_key);
-        if old.is_some() {
+        if let Some(old) = self.view.services.remove(&map_key) {
             self.count_namespace(&key.namespace, false);
-        }
-        for ip in self.contributed.remove(key).unwrap_or_default() {
-            self.withdraw(ip, key);
+            for (ip, _) in ptr_entries(&old) {
+                self.withdraw(ip, key);
+            }
         }
         let Some(service) = snapshot.services.get(key) else {
             return;
@@ -169,12 +166,9 @@ impl ViewBuilder {
             return;
         };
         let entry = Arc::new(entry);
-        let ptrs = ptr_entries(&entry);
-        let ips = ptrs.iter().map(|(ip, _)| *ip).collect();
-        for (ip, target) in ptrs {
+        for (ip, target) in ptr_entries(&entry) {
             self.publish(ip, target);
         }
-        self.contributed.insert(key.clone(), ips);
         self.view.services.insert(map_key, entry);
         self.count_namespace(&key.namespace, true);
     }
@@ -198,7 +192,7 @@ impl ViewBuilder {
             .unwrap_or_default();
         targets.push(target);
         targets.sort_by(|a, b| a.service.fqdn.wire().cmp(b.service.fqdn.wire()));
-        self.view.reverse.insert(ip, targets.into());
+        self.view.reverse.insert(ip, PtrTargets::from(targets));
     }
 
     /// Removes the PTR targets `service` contributed for `ip`.
@@ -214,7 +208,7 @@ impl ViewBuilder {
         if rest.is_empty() {
             self.view.reverse.remove(&ip);
         } else {
-            self.view.reverse.insert(ip, rest.into());
+            self.view.reverse.insert(ip, PtrTargets::from(rest));
         }
     }
 }
@@ -238,6 +232,34 @@ impl PtrTarget {
                 let e = self.service.endpoints.get(i as usize)?;
                 self.service.endpoint_name(e)
             }
+        }
+    }
+}
+
+/// The PTR targets of one address: almost always one, so that case is held inline.
+#[derive(Debug, Clone)]
+pub enum PtrTargets {
+    One(PtrTarget),
+    /// Several Services claim the address, sorted by Service name.
+    Many(Arc<[PtrTarget]>),
+}
+
+impl From<Vec<PtrTarget>> for PtrTargets {
+    fn from(mut targets: Vec<PtrTarget>) -> Self {
+        match targets.len() {
+            1 => targets.pop().map_or_else(|| Self::Many(Arc::new([])), Self::One),
+            _ => Self::Many(targets.into()),
+        }
+    }
+}
+
+impl std::ops::Deref for PtrTargets {
+    type Target = [PtrTarget];
+
+    fn deref(&self) -> &[PtrTarget] {
+        match self {
+            Self::One(t) => std::slice::from_ref(t),
+            Self::Many(ts) => ts,
         }
     }
 }

@@ -56,12 +56,12 @@ fn slice(ns: &str, svc: &str, endpoints: Vec<Endpoint>) -> EndpointSlice {
         key: ObjectKey::new(ns, &format!("{svc}-1")),
         service_name: Some(svc.into()),
         family: Family::of(&endpoints[0].ip),
-        ports: vec![EndpointPort {
+        ports: Arc::new([EndpointPort {
             name: "http".into(),
             protocol: Protocol::Tcp,
             port: 8080,
-        }],
-        endpoints,
+        }]),
+        endpoints: endpoints.into_iter().map(Arc::new).collect(),
     }
 }
 

@@ -183,14 +183,14 @@ fn slice(name: &str, ips: &[&str]) -> Object {
         key: ObjectKey::new("ns", &format!("{name}-1")),
         service_name: Some(name.into()),
         family: Family::V4,
-        ports: vec![EndpointPort {
+        ports: Arc::new([EndpointPort {
             name: "p".into(),
             protocol: Protocol::Tcp,
             port: 8080,
-        }],
+        }]),
         endpoints: ips
             .iter()
-            .map(|ip| Endpoint::new(ip.parse().expect("ip")))
+            .map(|ip| Arc::new(Endpoint::new(ip.parse().expect("ip"))))
             .collect(),
     }))
 }

@@ -292,17 +292,17 @@ fn slice(name: &str, ips: &[&str]) -> Object {
         key: ObjectKey::new("ns", &format!("{name}-1")),
         service_name: Some(name.into()),
         family: Family::V4,
-        ports: vec![EndpointPort {
+        ports: Arc::new([EndpointPort {
             name: "p".into(),
             protocol: Protocol::Tcp,
             port: 8080,
-        }],
+        }]),
         endpoints: ips
             .iter()
             .map(|ip| {
                 let mut e = Endpoint::new(ip.parse().unwrap());
                 e.node_name = Some("node-a".into());
-                e
+                Arc::new(e)
             })
             .collect(),
     }))

@@ -22,25 +22,9 @@ fn rank(e: &Endpoint) -> u8 {
     }
 }
 
-/// A slice as the store keeps it: its ports shared, its endpoints behind `Arc`s that the merged
-/// lists share (a large cluster's endpoints are then held once, not once per copy).
-#[derive(Debug, PartialEq, Eq)]
-pub struct StoredSlice {
-    pub ports: Arc<[EndpointPort]>,
-    pub endpoints: Vec<Arc<Endpoint>>,
-}
-
-impl StoredSlice {
-    pub fn new(slice: &EndpointSlice) -> StoredSlice {
-        StoredSlice {
-            ports: slice.ports.clone().into(),
-            endpoints: slice.endpoints.iter().cloned().map(Arc::new).collect(),
-        }
-    }
-}
-
-/// Merges slices (given in slice-name order) into the endpoints of their Service.
-pub fn merge<'a>(slices: impl IntoIterator<Item = &'a StoredSlice>) -> Arc<[MergedEndpoint]> {
+/// Merges slices (given in slice-name order) into the endpoints of their Service. The result
+/// shares the slices' endpoints and port lists (a large cluster's endpoints are held once).
+pub fn merge<'a>(slices: impl IntoIterator<Item = &'a EndpointSlice>) -> Arc<[MergedEndpoint]> {
     let mut chosen: BTreeMap<(IpAddr, Arc<[EndpointPort]>), Arc<Endpoint>> = BTreeMap::new();
     for slice in slices {
         let ports = &slice.ports;
@@ -75,23 +59,22 @@ mod tests {
             serving,
             terminating: !ready,
             pod_name: None,
-            hint_zones: vec![],
-            hint_nodes: vec![],
+            hints: None,
         }
     }
 
-    fn slice(name: &str, port: u16, endpoints: Vec<Endpoint>) -> StoredSlice {
-        StoredSlice::new(&EndpointSlice {
+    fn slice(name: &str, port: u16, endpoints: Vec<Endpoint>) -> EndpointSlice {
+        EndpointSlice {
             key: ObjectKey::new("ns", name),
             service_name: Some("svc".into()),
             family: Family::V4,
-            ports: vec![EndpointPort {
+            ports: Arc::new([EndpointPort {
                 name: "".into(),
                 protocol: Protocol::Tcp,
                 port,
-            }],
-            endpoints,
-        })
+            }]),
+            endpoints: endpoints.into_iter().map(Arc::new).collect(),
+        }
     }
 
     #[test]

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, watch};
 
+use crate::cowmap::CowMap;
 use crate::model::{MergedEndpoint, Node, ObjectKey, Pod, Service};
 use crate::source::SourceEvent;
 
@@ -25,7 +26,7 @@ pub use store::Store;
 /// How many generations of change history a snapshot keeps.
 pub const CHANGE_LOG_LEN: usize = 4096;
 
-/// One immutable state of the catalog. Cloning is cheap (persistent maps).
+/// One immutable state of the catalog. Cloning is cheap (copy-on-write maps).
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     /// Increases by one with every published snapshot; 0 is the empty initial state.
@@ -34,13 +35,13 @@ pub struct Snapshot {
     pub synced: bool,
     /// When the source lost its connection, if it has not regained it since.
     pub disconnected_since: Option<Instant>,
-    pub services: imbl::HashMap<ObjectKey, Arc<Service>>,
+    pub services: CowMap<ObjectKey, Arc<Service>>,
     /// Endpoints merged across all slices of a Service, keyed by the Service's key.
-    pub endpoints: imbl::HashMap<ObjectKey, Arc<[MergedEndpoint]>>,
-    pub pods: imbl::HashMap<ObjectKey, Arc<Pod>>,
+    pub endpoints: CowMap<ObjectKey, Arc<[MergedEndpoint]>>,
+    pub pods: CowMap<ObjectKey, Arc<Pod>>,
     /// How many Pods in a namespace have an IP (for `--pods verified`).
-    pub pod_ips: imbl::HashMap<(Arc<str>, IpAddr), u32>,
-    pub nodes: imbl::HashMap<Arc<str>, Arc<Node>>,
+    pub pod_ips: CowMap<(Arc<str>, IpAddr), u32>,
+    pub nodes: CowMap<Arc<str>, Arc<Node>>,
     pub namespaces: imbl::HashSet<Arc<str>>,
     /// Services (by key) changed in each recent generation, oldest first.
     pub change_log: imbl::Vector<(u64, Arc<[ObjectKey]>)>,

@@ -4,7 +4,7 @@
 //! it upserts or deletes one object, remembers which Services changed, and re-merges endpoints
 //! lazily, once per Service per batch, in [`Store::snapshot`].
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,8 +18,9 @@ use crate::source::SourceEvent;
 #[derive(Debug, Default)]
 pub struct Store {
     snap: Snapshot,
-    /// Slices grouped by the key of the Service they belong to, in slice-name order.
-    slices: HashMap<ObjectKey, BTreeMap<Arc<str>, merge::StoredSlice>>,
+    /// Slices grouped by the key of the Service they belong to, in slice-name order (a sorted
+    /// `Vec`: a Service has few slices, and a map per Service would cost more than its slices).
+    slices: HashMap<ObjectKey, Vec<Arc<EndpointSlice>>>,
     /// Every known slice and the Service it belongs to (None: no `kubernetes.io/service-name`).
     slice_owner: HashMap<ObjectKey, Option<ObjectKey>>,
     /// Services changed since the last snapshot.
@@ -175,14 +176,13 @@ impl Store {
             namespace: slice.key.namespace.clone(),
             name: svc.clone(),
         });
-        let stored = merge::StoredSlice::new(&slice);
         if let Some(old_owner) = self.slice_owner.get(&slice.key) {
             let unchanged = *old_owner == owner
                 && old_owner.as_ref().is_none_or(|o| {
                     self.slices
                         .get(o)
-                        .and_then(|m| m.get(&slice.key.name))
-                        .is_some_and(|old| *old == stored)
+                        .and_then(|list| find(list, &slice.key.name).ok())
+                        .is_some_and(|i| self.slices[o][i] == slice)
                 });
             if unchanged {
                 return;
@@ -191,10 +191,11 @@ impl Store {
         self.delete_slice(&slice.key);
         self.slice_owner.insert(slice.key.clone(), owner.clone());
         if let Some(owner) = owner {
-            self.slices
-                .entry(owner.clone())
-                .or_default()
-                .insert(slice.key.name.clone(), stored);
+            let list = self.slices.entry(owner.clone()).or_default();
+            match find(list, &slice.key.name) {
+                Ok(i) => list[i] = slice,
+                Err(i) => list.insert(i, slice),
+            }
             self.remerge.insert(owner);
         }
     }
@@ -205,7 +206,9 @@ impl Store {
         };
         let Some(owner) = owner else { return };
         if let Some(slices) = self.slices.get_mut(&owner) {
-            slices.remove(&key.name);
+            if let Ok(i) = find(slices, &key.name) {
+                slices.remove(i);
+            }
             if slices.is_empty() {
                 self.slices.remove(&owner);
             }
@@ -215,7 +218,7 @@ impl Store {
 
     fn remerge_endpoints(&mut self, service: &ObjectKey) {
         let merged = match self.slices.get(service) {
-            Some(slices) => merge::merge(slices.values()),
+            Some(slices) => merge::merge(slices.iter().map(|s| &**s)),
             None => Arc::from(Vec::new()),
         };
         let old = self.snap.endpoints.get(service);
@@ -277,6 +280,11 @@ impl Store {
             self.dirty = true;
         }
     }
+}
+
+/// Where the slice named `name` is (or would go) in a Service's name-sorted slice list.
+fn find(list: &[Arc<EndpointSlice>], name: &str) -> Result<usize, usize> {
+    list.binary_search_by(|s| (*s.key.name).cmp(name))
 }
 
 #[cfg(test)]

@@ -17,10 +17,10 @@ fn slice(ns: &str, name: &str, svc: &str, ips: &[&str]) -> Object {
         key: ObjectKey::new(ns, name),
         service_name: Some(svc.into()),
         family: Family::V4,
-        ports: vec![],
+        ports: Arc::new([]),
         endpoints: ips
             .iter()
-            .map(|ip| Endpoint::new(ip.parse::<IpAddr>().expect("ip")))
+            .map(|ip| Arc::new(Endpoint::new(ip.parse::<IpAddr>().expect("ip"))))
             .collect(),
     }))
 }

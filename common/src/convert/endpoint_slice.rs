@@ -9,7 +9,7 @@ use k8s_openapi::api::discovery::v1 as api;
 use super::service::protocol;
 use super::validate::{self, NameRule};
 use super::{ConvertError, label, meta_labels, meta_name, meta_namespace, non_empty};
-use crate::model::{Endpoint, EndpointPort, EndpointSlice, Family, ObjectKey};
+use crate::model::{Endpoint, EndpointPort, EndpointSlice, Family, Hints, ObjectKey};
 
 /// Label naming the Service a slice belongs to.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -46,17 +46,15 @@ pub fn endpoint_slice(obj: &api::EndpointSlice) -> Result<Option<EndpointSlice>,
             format!("at most {MAX_ENDPOINTS} entries"),
         ));
     }
-    let endpoints = obj
-        .endpoints
-        .iter()
-        .enumerate()
-        .map(|(i, e)| endpoint(i, e, family))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut endpoints = Vec::with_capacity(obj.endpoints.len());
+    for (i, e) in obj.endpoints.iter().enumerate() {
+        endpoints.push(Arc::new(endpoint(i, e, family)?));
+    }
     Ok(Some(EndpointSlice {
         key: ObjectKey { namespace, name },
         service_name: label(labels, SERVICE_NAME_LABEL),
         family,
-        ports,
+        ports: ports.into(),
         endpoints,
     }))
 }
@@ -112,7 +110,7 @@ fn endpoint(i: usize, e: &api::Endpoint, family: Family) -> Result<Endpoint, Con
     }
     let conditions = e.conditions.clone().unwrap_or_default();
     let ready = conditions.ready.unwrap_or(true);
-    let (hint_zones, hint_nodes) = hints(&field("hints"), e.hints.as_ref())?;
+    let hints = hints(&field("hints"), e.hints.as_ref())?;
     Ok(Endpoint {
         ip,
         hostname,
@@ -122,8 +120,7 @@ fn endpoint(i: usize, e: &api::Endpoint, family: Family) -> Result<Endpoint, Con
         serving: conditions.serving.unwrap_or(ready),
         terminating: conditions.terminating.unwrap_or(false),
         pod_name: pod_name(e.target_ref.as_ref()),
-        hint_zones,
-        hint_nodes,
+        hints,
     })
 }
 
@@ -163,17 +160,21 @@ fn optional_name(
     }
 }
 
-type Hints = (Vec<Arc<str>>, Vec<Arc<str>>);
-
-fn hints(field: &str, hints: Option<&api::EndpointHints>) -> Result<Hints, ConvertError> {
+fn hints(
+    field: &str,
+    hints: Option<&api::EndpointHints>,
+) -> Result<Option<Box<Hints>>, ConvertError> {
     let Some(hints) = hints else {
-        return Ok((Vec::new(), Vec::new()));
+        return Ok(None);
     };
     let zones = hints.for_zones.as_deref().unwrap_or(&[]);
     let nodes = hints.for_nodes.as_deref().unwrap_or(&[]);
     let zones = hint_names(&format!("{field}.forZones"), zones.iter().map(|z| &z.name))?;
     let nodes = hint_names(&format!("{field}.forNodes"), nodes.iter().map(|n| &n.name))?;
-    Ok((zones, nodes))
+    if zones.is_empty() && nodes.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Box::new(Hints { zones, nodes })))
 }
 
 fn hint_names<'a>(

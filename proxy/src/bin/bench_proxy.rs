@@ -692,14 +692,14 @@ fn slice(i: u32, ips: &[Ipv4Addr]) -> Object {
         key: ObjectKey::new("bench", &format!("{}-abcde", key.name)),
         service_name: Some(key.name.clone()),
         family: Family::V4,
-        ports: vec![EndpointPort {
+        ports: Arc::new([EndpointPort {
             name: "http".into(),
             protocol: Protocol::Tcp,
             port: TARGET_PORT,
-        }],
+        }]),
         endpoints: ips
             .iter()
-            .map(|ip| Endpoint::new(IpAddr::V4(*ip)))
+            .map(|ip| Arc::new(Endpoint::new(IpAddr::V4(*ip))))
             .collect(),
     }))
 }

@@ -61,12 +61,12 @@ fn terminating(mut e: Endpoint, serving: bool) -> Endpoint {
 }
 
 fn zones(mut e: Endpoint, zones: &[&str]) -> Endpoint {
-    e.hint_zones = zones.iter().map(|&z| z.into()).collect();
+    e.hints.get_or_insert_default().zones = zones.iter().map(|&z| z.into()).collect();
     e
 }
 
 fn nodes(mut e: Endpoint, nodes: &[&str]) -> Endpoint {
-    e.hint_nodes = nodes.iter().map(|&n| n.into()).collect();
+    e.hints.get_or_insert_default().nodes = nodes.iter().map(|&n| n.into()).collect();
     e
 }
 

@@ -43,11 +43,11 @@ impl Topology {
         };
         if ready().next().is_none() {
             Topology::All
-        } else if ready().all(|e| !e.hint_nodes.is_empty())
+        } else if ready().all(|e| !e.hint_nodes().is_empty())
             && ready().any(|e| hinted_for_node(e, node))
         {
             Topology::SameNode
-        } else if ready().all(|e| !e.hint_zones.is_empty())
+        } else if ready().all(|e| !e.hint_zones().is_empty())
             && ready().any(|e| hinted_for_zone(e, node))
         {
             Topology::SameZone
@@ -67,11 +67,11 @@ impl Topology {
 }
 
 fn hinted_for_node(endpoint: &Endpoint, node: &NodeInfo) -> bool {
-    !node.name.is_empty() && endpoint.hint_nodes.iter().any(|n| **n == *node.name)
+    !node.name.is_empty() && endpoint.hint_nodes().iter().any(|n| **n == *node.name)
 }
 
 fn hinted_for_zone(endpoint: &Endpoint, node: &NodeInfo) -> bool {
     node.zone
         .as_deref()
-        .is_some_and(|zone| endpoint.hint_zones.iter().any(|z| **z == *zone))
+        .is_some_and(|zone| endpoint.hint_zones().iter().any(|z| **z == *zone))
 }

@@ -44,7 +44,7 @@ fn full_slice() {
     assert_eq!(s.service_name.as_deref(), Some("web"));
     assert_eq!(s.family, Family::V4);
     assert_eq!(
-        s.ports,
+        *s.ports,
         [
             EndpointPort {
                 name: "http".into(),
@@ -67,8 +67,8 @@ fn full_slice() {
     assert_eq!(a.zone.as_deref(), Some("zone-a"));
     assert_eq!(a.pod_name.as_deref(), Some("web-0"));
     assert_eq!((a.ready, a.serving, a.terminating), (true, true, false));
-    assert_eq!(a.hint_zones, [Arc::from("zone-a")]);
-    assert_eq!(a.hint_nodes, [Arc::from("node-1")]);
+    assert_eq!(a.hint_zones(), [Arc::from("zone-a")]);
+    assert_eq!(a.hint_nodes(), [Arc::from("node-1")]);
     assert_eq!(b.pod_name, None);
     assert_eq!((b.ready, b.serving, b.terminating), (false, false, false));
     assert_eq!((c.ready, c.serving, c.terminating), (false, true, true));
