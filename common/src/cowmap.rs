@@ -1,30 +1,31 @@
-//! [`CowMap`]: a hash map whose clones share storage, for state that is published as an
-//! immutable snapshot after every change.
+//! [`CowMap`]: a map whose clones share storage, for state that is published as an immutable
+//! snapshot after every change.
 //!
 //! The catalog and the DNS view publish a new snapshot per batch of changes, so their maps must
 //! clone in O(1) and update in O(change). A persistent HAMT (imbl) does that but costs about
 //! 300 bytes of node overhead per entry, which at 50k Services / 250k endpoints was a third of
-//! svcplane-dns's memory. This map instead splits its entries over `2^k` shards, each an
-//! ordinary hash map behind an `Arc`: a clone copies one pointer, and a write copies only the
-//! shard it touches if a reader still holds it (copy on write). Shards are kept at about
-//! [`PER_SHARD`] entries, so a write copies a few kilobytes at most, and the overhead per entry
-//! is that of a plain hash map.
+//! svcplane-dns's memory. This map instead splits its entries by hash over `2^k` shards, each a
+//! small key-sorted `Vec` behind an `Arc`: a clone copies one pointer, and a write copies only
+//! the shard it touches if a reader still holds it (copy on write). Shards hold between
+//! [`PER_SHARD`]/2 and [`PER_SHARD`] entries on average, so a write copies a few kilobytes at
+//! most, a lookup is one hash and a short binary search, and the overhead per entry is a few
+//! bytes (a hash table's empty buckets would cost a third more).
 
 use std::borrow::Borrow;
 use std::fmt;
 use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
 
-use hashbrown::{DefaultHashBuilder, HashMap};
+use hashbrown::DefaultHashBuilder;
 
-/// Entries per shard above which the shard count grows (by [`GROWTH`]×).
-pub const PER_SHARD: usize = 64;
-const GROWTH: usize = 8;
-const MAX_SHARDS: usize = 1 << 16;
+/// Average entries per shard above which the shard count doubles.
+pub const PER_SHARD: usize = 128;
+const MAX_SHARDS: usize = 1 << 20;
 
-type Shard<K, V> = HashMap<K, V, DefaultHashBuilder>;
+/// Entries sorted by key.
+type Shard<K, V> = Vec<(K, V)>;
 
-/// A hash map with O(1) clones that share unchanged shards.
+/// A map with O(1) clones that share unchanged shards.
 pub struct CowMap<K, V> {
     hasher: DefaultHashBuilder,
     shards: Arc<Vec<Arc<Shard<K, V>>>>,
@@ -43,10 +44,9 @@ impl<K, V> Clone for CowMap<K, V> {
 
 impl<K, V> Default for CowMap<K, V> {
     fn default() -> Self {
-        let hasher = DefaultHashBuilder::default();
         CowMap {
-            shards: Arc::new(vec![Arc::new(HashMap::with_hasher(hasher.clone()))]),
-            hasher,
+            hasher: DefaultHashBuilder::default(),
+            shards: Arc::new(vec![Arc::new(Vec::new())]),
             len: 0,
         }
     }
@@ -73,7 +73,7 @@ impl<K, V> CowMap<K, V> {
 
     /// Every entry, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
-        self.shards.iter().flat_map(|s| s.iter())
+        self.shards.iter().flat_map(|s| s.iter().map(|(k, v)| (k, v)))
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &K> {
@@ -85,26 +85,33 @@ impl<K, V> CowMap<K, V> {
     }
 }
 
-impl<K: Hash + Eq + Clone, V: Clone> CowMap<K, V> {
-    /// The shard of a key: the hash's bits 32 and up, so that within a shard the bits the
-    /// shard's own table uses (the low bits, and the top 7 as tags) still vary.
+/// Where `key` is (or would go) in a shard.
+fn find<K, V, Q>(shard: &[(K, V)], key: &Q) -> Result<usize, usize>
+where
+    K: Borrow<Q>,
+    Q: Ord + ?Sized,
+{
+    shard.binary_search_by(|(k, _)| k.borrow().cmp(key))
+}
+
+impl<K: Hash + Ord + Clone, V: Clone> CowMap<K, V> {
     fn shard_of<Q: Hash + ?Sized>(&self, key: &Q) -> usize {
-        let hash = self.hasher.hash_one(key);
-        (hash >> 32) as usize & (self.shards.len() - 1)
+        shard_index(&self.hasher, key, self.shards.len())
     }
 
     pub fn get<Q>(&self, key: &Q) -> Option<&V>
     where
         K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
+        Q: Hash + Ord + ?Sized,
     {
-        self.shards[self.shard_of(key)].get(key)
+        let shard = &self.shards[self.shard_of(key)];
+        find(shard, key).ok().map(|i| &shard[i].1)
     }
 
     pub fn contains_key<Q>(&self, key: &Q) -> bool
     where
         K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
+        Q: Hash + Ord + ?Sized,
     {
         self.get(key).is_some()
     }
@@ -112,27 +119,32 @@ impl<K: Hash + Eq + Clone, V: Clone> CowMap<K, V> {
     /// Inserts or replaces; returns the previous value.
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
         let i = self.shard_of(&key);
-        let old = self.shard_mut(i).insert(key, value);
-        if old.is_none() {
-            self.len += 1;
-            self.grow_if_crowded();
+        let shard = self.shard_mut(i);
+        match find(shard, &key) {
+            Ok(j) => Some(std::mem::replace(&mut shard[j].1, value)),
+            Err(j) => {
+                if shard.len() == shard.capacity() {
+                    // Grow by a quarter, not double: shards are small and copied whole.
+                    shard.reserve_exact(shard.len() / 4 + 1);
+                }
+                shard.insert(j, (key, value));
+                self.len += 1;
+                self.grow_if_crowded();
+                None
+            }
         }
-        old
     }
 
     /// Removes a key; a missing key copies nothing.
     pub fn remove<Q>(&mut self, key: &Q) -> Option<V>
     where
         K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
+        Q: Hash + Ord + ?Sized,
     {
         let i = self.shard_of(key);
-        if !self.shards[i].contains_key(key) {
-            return None;
-        }
-        let old = self.shard_mut(i).remove(key);
-        self.len -= usize::from(old.is_some());
-        old
+        let j = find(&self.shards[i], key).ok()?;
+        self.len -= 1;
+        Some(self.shard_mut(i).remove(j).1)
     }
 
     /// Shard `i`, copied first if a clone of this map still shares it.
@@ -140,26 +152,33 @@ impl<K: Hash + Eq + Clone, V: Clone> CowMap<K, V> {
         Arc::make_mut(&mut Arc::make_mut(&mut self.shards)[i])
     }
 
-    /// Re-distributes the entries over more shards once they average more than [`PER_SHARD`].
+    /// Doubles the shard count once shards average more than [`PER_SHARD`] entries.
     fn grow_if_crowded(&mut self) {
         let n = self.shards.len();
         if self.len <= n * PER_SHARD || n >= MAX_SHARDS {
             return;
         }
-        let count = (n * GROWTH).min(MAX_SHARDS);
-        let per = self.len / count + 1;
+        let count = n * 2;
+        let per = self.len / count;
         let mut shards: Vec<Shard<K, V>> = (0..count)
-            .map(|_| HashMap::with_capacity_and_hasher(per, self.hasher.clone()))
+            .map(|_| Vec::with_capacity(per + per / 4))
             .collect();
         for (k, v) in self.iter() {
-            let hash = self.hasher.hash_one(k);
-            shards[(hash >> 32) as usize & (count - 1)].insert(k.clone(), v.clone());
+            shards[shard_index(&self.hasher, k, count)].push((k.clone(), v.clone()));
+        }
+        for shard in &mut shards {
+            shard.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         }
         self.shards = Arc::new(shards.into_iter().map(Arc::new).collect());
     }
 }
 
-impl<K: Hash + Eq + Clone, V: Clone> FromIterator<(K, V)> for CowMap<K, V> {
+/// The shard of a key among `count` (a power of two).
+fn shard_index<Q: Hash + ?Sized>(hasher: &DefaultHashBuilder, key: &Q, count: usize) -> usize {
+    (hasher.hash_one(key) >> 32) as usize & (count - 1)
+}
+
+impl<K: Hash + Ord + Clone, V: Clone> FromIterator<(K, V)> for CowMap<K, V> {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
         let mut map = CowMap::new();
         for (k, v) in iter {

@@ -1,7 +1,7 @@
 //! A process-wide interner for the short strings that repeat across hundreds of thousands of
-//! endpoints — node names and zones — so that each is allocated once.
+//! endpoints and objects — node names, zones, namespaces — so that each is allocated once.
 //!
-//! The table only grows (a cluster has few nodes and zones); past [`MAX`] entries new strings
+//! The table only grows (a cluster has few nodes, zones and namespaces); past [`MAX`] entries new strings
 //! are no longer interned, so hostile input cannot make it unbounded.
 
 use std::collections::HashSet;

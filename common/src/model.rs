@@ -253,8 +253,6 @@ pub struct Endpoint {
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
-    /// `targetRef` when it names a Pod (its name), for PTR/hostname fallbacks.
-    pub pod_name: Option<Arc<str>>,
     /// `hints`; boxed because most endpoints have none (this struct exists once per endpoint).
     pub hints: Option<Box<Hints>>,
 }
@@ -277,7 +275,6 @@ impl Endpoint {
             ready: true,
             serving: true,
             terminating: false,
-            pod_name: None,
             hints: None,
         }
     }

@@ -38,6 +38,8 @@ pub async fn run(
                 metrics.programming.observe(at.elapsed().as_secs_f64());
             }
             if synced && let Some(f) = on_synced.take() {
+                // The first full view follows the bulk load; its garbage is freed now.
+                svcplane_common::process::trim_heap();
                 f();
             }
         }

@@ -58,7 +58,6 @@ mod tests {
             ready,
             serving,
             terminating: !ready,
-            pod_name: None,
             hints: None,
         }
     }

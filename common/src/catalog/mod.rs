@@ -150,20 +150,36 @@ impl Publisher {
 /// At most this many queued events are applied before a snapshot is published.
 const MAX_BATCH: usize = 10_000;
 
+/// A batch carrying at least this many objects is a bulk load: the heap is trimmed after it.
+const BULK_OBJECTS: usize = 1_000;
+
+/// How many objects an event carries.
+fn weight(event: &SourceEvent) -> usize {
+    match event {
+        SourceEvent::Replace { objects, .. } => objects.len(),
+        _ => 1,
+    }
+}
+
 /// Applies events from `rx` until every sender is gone, publishing a snapshot after each batch
 /// (all events that are already queued are applied before publishing).
 pub async fn run(mut rx: mpsc::Receiver<SourceEvent>, publisher: Publisher) {
     let mut store = Store::default();
     while let Some(event) = rx.recv().await {
+        let mut objects = weight(&event);
         store.apply(event);
         let mut batch = 1;
         while batch < MAX_BATCH {
             let Ok(event) = rx.try_recv() else { break };
+            objects += weight(&event);
             store.apply(event);
             batch += 1;
         }
         if let Some(snapshot) = store.snapshot() {
             publisher.publish(snapshot);
+        }
+        if objects >= BULK_OBJECTS {
+            crate::process::trim_heap();
         }
     }
 }

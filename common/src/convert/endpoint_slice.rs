@@ -119,7 +119,6 @@ fn endpoint(i: usize, e: &api::Endpoint, family: Family) -> Result<Endpoint, Con
         ready,
         serving: conditions.serving.unwrap_or(ready),
         terminating: conditions.terminating.unwrap_or(false),
-        pod_name: pod_name(e.target_ref.as_ref()),
         hints,
     })
 }
@@ -197,13 +196,4 @@ fn hint_names<'a>(
             }
         })
         .collect()
-}
-
-/// The Pod a `targetRef` names, if it names a Pod.
-fn pod_name(target: Option<&k8s_openapi::api::core::v1::ObjectReference>) -> Option<Arc<str>> {
-    let target = target?;
-    if target.kind.as_deref() != Some("Pod") {
-        return None;
-    }
-    non_empty(&target.name).map(Into::into)
 }

@@ -268,7 +268,7 @@ fn meta_namespace(meta: &ObjectMeta) -> Result<Arc<str>, ConvertError> {
     let ns =
         non_empty(&meta.namespace).ok_or_else(|| ConvertError::required("metadata.namespace"))?;
     validate::name("metadata.namespace", ns, NameRule::Dns1123Label)?;
-    Ok(ns.into())
+    Ok(crate::intern::intern(ns))
 }
 
 /// `metadata.labels`, with keys and values checked as the API server does.

@@ -65,11 +65,9 @@ fn full_slice() {
     assert_eq!(a.hostname.as_deref(), Some("web-0"));
     assert_eq!(a.node_name.as_deref(), Some("node-1"));
     assert_eq!(a.zone.as_deref(), Some("zone-a"));
-    assert_eq!(a.pod_name.as_deref(), Some("web-0"));
     assert_eq!((a.ready, a.serving, a.terminating), (true, true, false));
     assert_eq!(a.hint_zones(), [Arc::from("zone-a")]);
     assert_eq!(a.hint_nodes(), [Arc::from("node-1")]);
-    assert_eq!(b.pod_name, None);
     assert_eq!((b.ready, b.serving, b.terminating), (false, false, false));
     assert_eq!((c.ready, c.serving, c.terminating), (false, true, true));
 }
