@@ -116,6 +116,17 @@ impl<K: Hash + Ord + Clone, V: Clone> CowMap<K, V> {
         self.get(key).is_some()
     }
 
+    /// The value of `key`, for changing in place (its shard is copied first if shared).
+    pub fn get_mut<Q>(&mut self, key: &Q) -> Option<&mut V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Ord + ?Sized,
+    {
+        let i = self.shard_of(key);
+        let j = find(&self.shards[i], key).ok()?;
+        Some(&mut self.shard_mut(i)[j].1)
+    }
+
     /// Inserts or replaces; returns the previous value.
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
         let i = self.shard_of(&key);

@@ -248,13 +248,21 @@ pub struct Endpoint {
     /// The first of `addresses` (the API makes the rest fungible).
     pub ip: IpAddr,
     pub hostname: Option<Arc<str>>,
-    pub node_name: Option<Arc<str>>,
-    pub zone: Option<Arc<str>>,
+    /// `nodeName` and `zone`, as one shared pair (see [`Endpoint::set_locality`]).
+    pub locality: Option<Arc<Locality>>,
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
     /// `hints`; boxed because most endpoints have none (this struct exists once per endpoint).
     pub hints: Option<Box<Hints>>,
+}
+
+/// Where an endpoint runs. A cluster has few distinct (node, zone) pairs, so endpoints share
+/// one interned copy of theirs (8 bytes per endpoint instead of 32).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct Locality {
+    pub node_name: Option<Arc<str>>,
+    pub zone: Option<Arc<str>>,
 }
 
 /// Topology hints of an endpoint (`hints.forZones`, `hints.forNodes`).
@@ -270,13 +278,27 @@ impl Endpoint {
         Endpoint {
             ip,
             hostname: None,
-            node_name: None,
-            zone: None,
+            locality: None,
             ready: true,
             serving: true,
             terminating: false,
             hints: None,
         }
+    }
+
+    /// `nodeName`.
+    pub fn node_name(&self) -> Option<&str> {
+        self.locality.as_ref()?.node_name.as_deref()
+    }
+
+    /// `zone`.
+    pub fn zone(&self) -> Option<&str> {
+        self.locality.as_ref()?.zone.as_deref()
+    }
+
+    /// Sets `nodeName` and `zone` (interned).
+    pub fn set_locality(&mut self, node_name: Option<&str>, zone: Option<&str>) {
+        self.locality = crate::intern::locality(node_name, zone);
     }
 
     /// `hints.forZones` (empty without hints).

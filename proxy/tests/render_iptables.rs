@@ -301,7 +301,7 @@ fn slice(name: &str, ips: &[&str]) -> Object {
             .iter()
             .map(|ip| {
                 let mut e = Endpoint::new(ip.parse().unwrap());
-                e.node_name = Some("node-a".into());
+                e.set_locality(Some("node-a"), None);
                 Arc::new(e)
             })
             .collect(),

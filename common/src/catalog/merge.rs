@@ -53,8 +53,7 @@ mod tests {
         Endpoint {
             ip: ip.parse().expect("test ip"),
             hostname: None,
-            node_name: None,
-            zone: None,
+            locality: None,
             ready,
             serving,
             terminating: !ready,

@@ -4,11 +4,12 @@
 //! it upserts or deletes one object, remembers which Services changed, and re-merges endpoints
 //! lazily, once per Service per batch, in [`Store::snapshot`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::{CHANGE_LOG_LEN, Snapshot, merge};
+use crate::cowmap::CowMap;
 use crate::model::{
     EndpointSlice, Kind, Namespace, Node, Object, ObjectKey, ObjectRef, Pod, Service,
 };
@@ -20,9 +21,10 @@ pub struct Store {
     snap: Snapshot,
     /// Slices grouped by the key of the Service they belong to, in slice-name order (a sorted
     /// `Vec`: a Service has few slices, and a map per Service would cost more than its slices).
-    slices: HashMap<ObjectKey, Vec<Arc<EndpointSlice>>>,
+    /// `CowMap`s here for their compactness, not their clones.
+    slices: CowMap<ObjectKey, Vec<Arc<EndpointSlice>>>,
     /// Every known slice and the Service it belongs to (None: no `kubernetes.io/service-name`).
-    slice_owner: HashMap<ObjectKey, Option<ObjectKey>>,
+    slice_owner: CowMap<ObjectKey, Option<ObjectKey>>,
     /// Services changed since the last snapshot.
     changed: HashSet<ObjectKey>,
     /// Services whose slices changed since the last snapshot.
@@ -179,10 +181,9 @@ impl Store {
         if let Some(old_owner) = self.slice_owner.get(&slice.key) {
             let unchanged = *old_owner == owner
                 && old_owner.as_ref().is_none_or(|o| {
-                    self.slices
-                        .get(o)
-                        .and_then(|list| find(list, &slice.key.name).ok())
-                        .is_some_and(|i| self.slices[o][i] == slice)
+                    self.slices.get(o).is_some_and(|list| {
+                        find(list, &slice.key.name).is_ok_and(|i| list[i] == slice)
+                    })
                 });
             if unchanged {
                 return;
@@ -191,10 +192,14 @@ impl Store {
         self.delete_slice(&slice.key);
         self.slice_owner.insert(slice.key.clone(), owner.clone());
         if let Some(owner) = owner {
-            let list = self.slices.entry(owner.clone()).or_default();
-            match find(list, &slice.key.name) {
-                Ok(i) => list[i] = slice,
-                Err(i) => list.insert(i, slice),
+            if self.slices.get(&owner).is_none() {
+                self.slices.insert(owner.clone(), Vec::with_capacity(1));
+            }
+            if let Some(list) = self.slices.get_mut(&owner) {
+                match find(list, &slice.key.name) {
+                    Ok(i) => list[i] = slice,
+                    Err(i) => list.insert(i, slice),
+                }
             }
             self.remerge.insert(owner);
         }

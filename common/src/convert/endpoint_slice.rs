@@ -114,8 +114,7 @@ fn endpoint(i: usize, e: &api::Endpoint, family: Family) -> Result<Endpoint, Con
     Ok(Endpoint {
         ip,
         hostname,
-        node_name: node_name.map(|n| crate::intern::intern(&n)),
-        zone: zone.map(crate::intern::intern),
+        locality: crate::intern::locality(node_name.as_deref(), zone),
         ready,
         serving: conditions.serving.unwrap_or(ready),
         terminating: conditions.terminating.unwrap_or(false),

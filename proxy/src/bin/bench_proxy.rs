@@ -35,13 +35,13 @@ use svcplane_common::model::{
 };
 use svcplane_common::source::SourceEvent;
 use svcplane_proxy::app::Backend;
-use svcplane_proxy::desired::service::{Contribution, contribution};
+use svcplane_proxy::desired::service::contribution_of;
 use svcplane_proxy::desired::{NodePortAddresses, ProxyConfig, base_table};
 use svcplane_proxy::endpoints::NodeInfo;
 use svcplane_proxy::executor::Nft;
 use svcplane_proxy::iptables;
 use svcplane_proxy::iptables::exec::Iptables;
-use svcplane_proxy::plan::Programmed;
+use svcplane_proxy::plan::{Change, Programmed};
 use svcplane_proxy::ruleset::NftFamily;
 
 /// The families svcplane-proxy programs (the IPv6 table stays empty here, as on a v4 cluster).
@@ -473,7 +473,11 @@ impl Bench {
                     let programmed = programmed.get_mut(&f).context("family not programmed")?;
                     let changes = services
                         .iter()
-                        .map(|k| (k.clone(), contribution_of(&config, snapshot, k, f)))
+                        .map(|k| Change {
+                            key: k.clone(),
+                            old: contribution_of(&config, &self.snapshot, k, f),
+                            new: contribution_of(&config, snapshot, k, f),
+                        })
                         .collect();
                     if let Some(s) = programmed.update(changes).script {
                         script.push_str(&s);
@@ -575,10 +579,15 @@ async fn nft_cold_start(
     let render = started.elapsed();
     let started = Instant::now();
     nft.apply(&script).await?;
+    let load = started.elapsed();
+    // As `Syncer::full`: the render's garbage goes back to the kernel.
+    let script_bytes = script.len();
+    drop(script);
+    svcplane_common::process::trim_heap();
     Ok(ColdStart {
         render,
-        load: started.elapsed(),
-        script_bytes: script.len(),
+        load,
+        script_bytes,
     })
 }
 
@@ -623,19 +632,6 @@ fn iptables_rules_of(
     let endpoints = snapshot.endpoints.get(key).map(|e| &e[..]).unwrap_or(&[]);
     let rules = iptables::render::service(service, endpoints, config, &programmed.base);
     (!rules.is_empty()).then(|| Arc::new(rules))
-}
-
-/// The sync engine's `contribution_of`: None when the Service adds nothing.
-fn contribution_of(
-    config: &ProxyConfig,
-    snapshot: &Snapshot,
-    key: &ObjectKey,
-    f: NftFamily,
-) -> Option<Arc<Contribution>> {
-    let service = snapshot.services.get(key)?;
-    let endpoints = snapshot.endpoints.get(key).map(|e| &e[..]).unwrap_or(&[]);
-    let c = contribution(service, endpoints, config, f);
-    (!c.elements.is_empty() || !c.chains.is_empty()).then(|| Arc::new(c))
 }
 
 fn proxy_config() -> Result<ProxyConfig> {

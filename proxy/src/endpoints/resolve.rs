@@ -69,7 +69,7 @@ fn backend(endpoint: &Endpoint, port: u16, node: &NodeInfo) -> Backend {
 
 /// The endpoint runs on this node. A node without a name has no local endpoints.
 pub(super) fn is_local(endpoint: &Endpoint, node: &NodeInfo) -> bool {
-    !node.name.is_empty() && endpoint.node_name.as_deref() == Some(&*node.name)
+    !node.name.is_empty() && endpoint.node_name() == Some(&*node.name)
 }
 
 // The same address and port can reach one Service port twice (the address is in two slices with

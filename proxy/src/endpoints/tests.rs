@@ -49,7 +49,8 @@ fn node_port(etp: TrafficPolicy) -> (Service, ServicePort) {
 /// A ready endpoint on `node`.
 fn ep(addr: &str, node: &str) -> Endpoint {
     let mut e = Endpoint::new(ip(addr));
-    e.node_name = Some(node.into());
+    let zone = e.zone().map(str::to_owned);
+    e.set_locality(Some(node), zone.as_deref());
     e
 }
 

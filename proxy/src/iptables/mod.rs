@@ -1,34 +1,47 @@
-//! The iptables backend (`--backend iptables`): kube-proxy's iptables layout, with the same
-//! behaviour as the nftables backend, programmed through `iptables-restore --noflush`.
+//! The iptables backend (`--backend iptables`): the behaviour of the nftables backend with
+//! kube-proxy's iptables building blocks, programmed through `iptables-restore --noflush`.
 //!
 //! Every chain svcplane owns is named `SVCPLANE-…` and lives in the `nat` or `filter` table of
 //! `iptables` (IPv4) or `ip6tables` (IPv6); the only rules outside them are one jump from each
 //! built-in chain it needs ([`JUMPS`]), inserted first and never duplicated. Built-in chains and
 //! chains of others are never flushed.
 //!
-//! Per Service port ([`render`]): `SVCPLANE-SVC-<hash>` (cluster-wide endpoints) and
-//! `SVCPLANE-SVL-<hash>` (node-local ones) pick an endpoint with `-m statistic` rules (ClientIP
-//! affinity first checks `-m recent` lists named after the endpoint chains);
-//! `SVCPLANE-SEP-<hash>` DNATs to one endpoint, marking hairpin traffic; `SVCPLANE-EXT-<hash>`
-//! takes external traffic (masquerade mark, the pod short-circuit of
-//! `externalTrafficPolicy: Local`); `SVCPLANE-FW-<hash>` (nat and filter) enforces
-//! `loadBalancerSourceRanges`. Hashes cover namespace, name, protocol and port name (and the
-//! endpoint), so no object name reaches iptables unescaped.
+//! Per Service port ([`render`]): `SVCPLANE-<hash>-SVC` (cluster-wide endpoints) and
+//! `SVCPLANE-<hash>-SVL` (node-local ones) pick an endpoint with `-m statistic` rules that DNAT
+//! directly ([`pick`]; ClientIP affinity first checks `-m recent` lists named after the
+//! endpoints); `SVCPLANE-<hash>-EXT` takes external traffic (masquerade mark, the pod
+//! short-circuit of `externalTrafficPolicy: Local`); `SVCPLANE-<hash>-FW` (nat and filter)
+//! enforces `loadBalancerSourceRanges`. Hashes ([`port_chain_stem`]) cover namespace, name,
+//! protocol and port name, so no object name reaches iptables unescaped. Unlike kube-proxy there is no chain per endpoint:
+//! iptables-nft looks chain names up linearly, so loading time grows with the square of the
+//! number of chains, and an endpoint's two actions (hairpin masquerade mark, DNAT) are joined by
+//! a private mark bit instead ([`HAIRPIN_MARK`]).
 //!
 //! The rules that dispatch to those chains, one per frontend, sit in shared chains. kube-proxy
-//! rewrites those in full on every sync; here each [`Section`] of them is split into up to
-//! [`BUCKETS`] bucket chains by a hash of the Service's key, so a sync rewrites only the buckets
+//! keeps each in one long chain walked rule by rule and rewritten on every sync; here each
+//! [`Section`] is split into [`BUCKETS`] bucket chains. Frontend addresses go to the bucket of
+//! their low six bits and the parent chain jumps by destination address (`-d 0.0.0.5/0.0.0.63`),
+//! so a new connection walks at most [`BUCKETS`] parent rules plus one bucket — not every
+//! Service; NodePorts go to a bucket by a hash of the Service. A sync rewrites only the buckets
 //! of the Services that changed ([`plan`]): work proportional to the change, a fixed order, and
 //! the same kernel state whether reached incrementally or by a full restore.
+//!
+//! A full restore is written in the order that keeps iptables-nft's chain bookkeeping linear
+//! (`full`).
 //!
 //! [`exec`] runs `iptables-restore`/`ip6tables-restore` (`-w`, the xtables lock) and
 //! `iptables-save`; [`engine`] is the sync engine (full restore first and after failures,
 //! incremental restores after, a canary chain checked every verify period).
 
+pub mod base;
 pub mod engine;
 pub mod exec;
+mod full;
+pub mod pick;
 pub mod plan;
 pub mod render;
+
+use std::net::IpAddr;
 
 use svcplane_common::model::{Family, ObjectKey};
 
@@ -53,8 +66,15 @@ pub const OUTPUT: &str = "SVCPLANE-OUTPUT";
 /// or deleted svcplane's rules.
 pub const CANARY: &str = "SVCPLANE-CANARY";
 
-/// How many bucket chains each [`Section`] is split into.
+/// How many bucket chains each [`Section`] is split into (a power of two: address sections
+/// take the low bits of the address).
 pub const BUCKETS: u8 = 64;
+
+/// The mark bit that carries "this packet's source is the endpoint just picked" from the rule
+/// that picks an endpoint to the rule that DNATs to it (see [`pick`]); always set together with
+/// the masquerade mark and cleared with it in [`POSTROUTING`]. Bits 14 and 15 are kube-proxy's,
+/// 16–31 Calico's, Cilium's are below 0x1000.
+pub const HAIRPIN_MARK: u32 = 0x2000;
 
 /// The jump rules from built-in chains: (table, built-in chain, rule spec after the chain).
 /// The filter chains see only new connections that were not DNATed: a DNATed packet is
@@ -164,6 +184,12 @@ impl Section {
         }
     }
 
+    /// Whether the section dispatches by destination address ([`address_bucket`]) rather than
+    /// by Service ([`bucket_of`]).
+    pub fn by_address(self) -> bool {
+        !matches!(self, Section::NodePorts | Section::NodePortNoEndpoints)
+    }
+
     /// The name of bucket `b`.
     pub fn bucket(self, b: u8) -> String {
         let prefix = match self {
@@ -179,14 +205,59 @@ impl Section {
     }
 }
 
-/// The bucket of a Service (the same in every section).
+/// The bucket of a frontend address: its low bits.
+pub fn address_bucket(ip: &IpAddr) -> u8 {
+    let last = match ip {
+        IpAddr::V4(v4) => v4.octets()[3],
+        IpAddr::V6(v6) => v6.octets()[15],
+    };
+    last % BUCKETS
+}
+
+/// The destination match of an address bucket's jump: the low bits equal `b`.
+pub fn address_bucket_match(family: Family, b: u8) -> String {
+    let mask = BUCKETS - 1;
+    match family {
+        Family::V4 => format!("-d 0.0.0.{b}/0.0.0.{mask}"),
+        Family::V6 => format!("-d ::{b:x}/::{mask:x}"),
+    }
+}
+
+/// The bucket of a Service in the sections that do not dispatch by address.
 pub fn bucket_of(key: &ObjectKey) -> u8 {
     let h = fnv128(&format!("{}/{}", key.namespace, key.name));
     ((h >> 120) as u8) % BUCKETS
 }
 
-/// 15 base32 characters (75 bits) of a hash of `text`: with the 13-character prefixes, chain
-/// names stay within iptables' 28 characters.
+/// Where a Service goes in a full restore and in its buckets ([`plan`]): 44 bits of a hash of
+/// its key, also the first 11 letters of its chains' names ([`port_chain_stem`]).
+pub fn service_order(key: &ObjectKey) -> u64 {
+    (fnv128(&format!("{}/{}", key.namespace, key.name)) >> 84) as u64
+}
+
+/// The stem of a Service port's chain names (`SVCPLANE-` and 15 letters `a`–`p`: the Service's
+/// [`service_order`], then 16 bits of a hash of `port_text`); a suffix (`-SVC`, `-EXT`…) names
+/// each chain within 28 characters. The letters sort after every fixed and bucket chain name and
+/// in the order of the Service, so the chains of one Service sort together: what keeps
+/// iptables-nft's sorted chain list cheap ([`plan`]).
+pub fn port_chain_stem(key: &ObjectKey, port_text: &str) -> String {
+    let port = (fnv128(port_text) >> 112) as u64;
+    format!(
+        "{PREFIX}{}{}",
+        letters(service_order(key), 11),
+        letters(port, 4)
+    )
+}
+
+/// The low `n` nibbles of `value` as letters `a`–`p`, most significant first.
+fn letters(value: u64, n: u32) -> String {
+    (0..n)
+        .rev()
+        .map(|i| char::from(b'a' + ((value >> (4 * i)) & 15) as u8))
+        .collect()
+}
+
+/// 15 base32 characters (75 bits) of a hash of `text` (the names of `-m recent` lists).
 pub fn chain_hash(text: &str) -> String {
     const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
     let h = fnv128(text);
@@ -240,10 +311,29 @@ mod tests {
                 .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
         );
         assert_ne!(h, chain_hash("ns/name/udp/http"));
-        assert!(format!("SVCPLANE-SEP-{h}").len() <= 28);
+        assert!(format!("SVCPLANE-AFF-{h}").len() <= 28);
+        let key = ObjectKey::new("ns", "name");
+        let stem = port_chain_stem(&key, "ns/name/tcp/http");
+        assert_eq!(format!("{stem}-SVC").len(), 28);
+        assert!(stem[PREFIX.len()..].chars().all(|c| c.is_ascii_lowercase()));
+        assert!(stem > format!("{PREFIX}SERVICES"));
+        assert_eq!(
+            stem[..20],
+            port_chain_stem(&key, "ns/name/udp/dns")[..20],
+            "one Service's chains sort together"
+        );
         for s in Section::ALL {
             assert!(s.bucket(BUCKETS - 1).len() <= 28);
         }
+    }
+
+    #[test]
+    fn address_buckets_take_the_low_bits() {
+        let ip = |t: &str| t.parse::<IpAddr>().expect("ip");
+        assert_eq!(address_bucket(&ip("10.96.1.69")), 5);
+        assert_eq!(address_bucket(&ip("fd00::1:ff45")), 5);
+        assert_eq!(address_bucket_match(Family::V4, 5), "-d 0.0.0.5/0.0.0.63");
+        assert_eq!(address_bucket_match(Family::V6, 45), "-d ::2d/::3f");
     }
 
     #[test]

@@ -11,14 +11,15 @@
 //! or empties; chains that go are flushed first and deleted last, when nothing jumps to them.
 //! All of it is pure.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write;
 use std::sync::Arc;
 
 use svcplane_common::model::ObjectKey;
 
 use super::render::{Base, ChainKey, ServiceRules};
-use super::{BUILTINS, JUMPS, PREFIX, Section, Table, bucket_of};
+use super::{BUILTINS, JUMPS, PREFIX, Section, Table};
 use crate::conntrack::StaleFlow;
 
 /// svcplane's part of the kernel's tables, as `iptables-save` shows it.
@@ -159,8 +160,17 @@ impl TableInput {
 pub struct Programmed {
     pub base: Base,
     pub services: HashMap<ObjectKey, Arc<ServiceRules>>,
-    /// The Services with rules in each (section, bucket), in key order.
-    buckets: BTreeMap<(Section, u8), BTreeSet<ObjectKey>>,
+    /// The Services with rules in each (section, bucket), in [`Member`] order.
+    buckets: BTreeMap<(Section, u8), BTreeSet<Member>>,
+}
+
+/// The order of Services within a bucket and in a full restore: descending
+/// [`super::service_order`] (so descending chain names, see [`super::full`]), then descending
+/// key.
+type Member = (Reverse<u64>, Reverse<ObjectKey>);
+
+fn member(key: &ObjectKey, rules: &ServiceRules) -> Member {
+    (Reverse(rules.order), Reverse(key.clone()))
 }
 
 /// The result of [`Programmed::update`].
@@ -190,26 +200,25 @@ impl Programmed {
     }
 
     fn join(&mut self, key: &ObjectKey, rules: &ServiceRules) {
-        for section in rules.sections.keys() {
-            let members = self.buckets.entry((*section, bucket_of(key))).or_default();
-            members.insert(key.clone());
+        for slot in rules.sections.keys() {
+            let members = self.buckets.entry(*slot).or_default();
+            members.insert(member(key, rules));
         }
     }
 
     fn leave(&mut self, key: &ObjectKey, rules: &ServiceRules) {
-        for section in rules.sections.keys() {
-            let slot = (*section, bucket_of(key));
-            if let Some(members) = self.buckets.get_mut(&slot) {
-                members.remove(key);
+        for slot in rules.sections.keys() {
+            if let Some(members) = self.buckets.get_mut(slot) {
+                members.remove(&member(key, rules));
                 if members.is_empty() {
-                    self.buckets.remove(&slot);
+                    self.buckets.remove(slot);
                 }
             }
         }
     }
 
     /// The non-empty buckets of each section.
-    fn bucket_sets(&self) -> BTreeMap<Section, BTreeSet<u8>> {
+    pub(super) fn bucket_sets(&self) -> BTreeMap<Section, BTreeSet<u8>> {
         let mut sets: BTreeMap<Section, BTreeSet<u8>> = BTreeMap::new();
         for (section, b) in self.buckets.keys() {
             sets.entry(*section).or_default().insert(*b);
@@ -217,15 +226,26 @@ impl Programmed {
         sets
     }
 
-    /// The rules of one bucket chain: its Services' rules in key order.
+    /// Every Service with rules, in [`Member`] order.
+    pub(super) fn in_order(&self) -> Vec<&ServiceRules> {
+        let mut all: Vec<(Member, &ServiceRules)> = self
+            .services
+            .iter()
+            .map(|(key, rules)| (member(key, rules), rules.as_ref()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all.into_iter().map(|(_, rules)| rules).collect()
+    }
+
+    /// The rules of one bucket chain: its Services' rules in [`Member`] order.
     fn bucket_rules(&self, section: Section, b: u8) -> Vec<String> {
         let Some(members) = self.buckets.get(&(section, b)) else {
             return Vec::new();
         };
         members
             .iter()
-            .filter_map(|key| self.services.get(key))
-            .filter_map(|rules| rules.sections.get(&section))
+            .filter_map(|(_, Reverse(key))| self.services.get(key))
+            .filter_map(|rules| rules.sections.get(&(section, b)))
             .flatten()
             .cloned()
             .collect()
@@ -247,29 +267,46 @@ impl Programmed {
         chains
     }
 
+    /// The names of every chain svcplane wants.
+    fn desired_names(&self) -> HashSet<ChainKey> {
+        let fixed = self.base.chains(&self.bucket_sets()).into_iter();
+        let buckets = self.buckets.keys();
+        let services = self
+            .services
+            .values()
+            .flat_map(|r| r.chains.keys().cloned());
+        fixed
+            .map(|(key, _)| key)
+            .chain(buckets.map(|(s, b)| (s.table(), s.bucket(*b))))
+            .chain(services)
+            .collect()
+    }
+
     /// The restore input that makes the kernel, whatever svcplane left there (`kernel`), hold
-    /// exactly the desired chains and jumps.
+    /// exactly the desired chains and jumps ([`super::full`]).
     pub fn full_input(&self, kernel: &KernelState) -> String {
-        let mut input = Input::default();
-        let desired = self.desired();
-        for (table, names) in &kernel.chains {
-            for name in names {
-                if !desired.contains_key(&(*table, name.clone())) {
-                    input.delete((*table, name.clone()));
-                }
-            }
-        }
-        for (key, rules) in desired {
-            input.chain(key, rules);
-        }
+        let desired = self.desired_names();
+        let mut out = String::new();
         for table in Table::ALL {
+            let stale: Vec<&String> = kernel
+                .chains
+                .get(&table)
+                .into_iter()
+                .flatten()
+                .filter(|name| !desired.contains(&(table, (*name).clone())))
+                .collect();
             let existing = kernel.jumps.get(&table).map(Vec::as_slice).unwrap_or(&[]);
             let (unjump, jump) = repair_jumps(table, existing);
-            let t = input.table(table);
-            t.unjump = unjump;
-            t.jump = jump;
+            let full = super::full::Full {
+                table,
+                programmed: self,
+                stale,
+                unjump,
+                jump,
+            };
+            full.write(&mut out);
         }
-        input.render().unwrap_or_default()
+        out
     }
 
     /// The restore input that moves the kernel from `self` to `self` with `changes` applied (a
@@ -292,9 +329,9 @@ impl Programmed {
             }
             stale.extend(old.udp.difference(&new.udp).copied());
             swap_chains(&mut input, &old, &new);
-            for section in Section::ALL {
-                if old.sections.get(&section) != new.sections.get(&section) {
-                    touched.insert((section, bucket_of(&key)));
+            for slot in old.sections.keys().chain(new.sections.keys()) {
+                if old.sections.get(slot) != new.sections.get(slot) {
+                    touched.insert(*slot);
                 }
             }
             self.leave(&key, &old);

@@ -1,7 +1,8 @@
-//! The desired iptables rules as a pure function of the catalog: [`Base`] renders the fixed
-//! chains of one family, [`service`] what one Service adds — its rules in the shared
-//! [`Section`]s and the chains of its own. Rules are iptables-restore rule specs (what follows
-//! `-A CHAIN`), built only from addresses, numbers and hashed chain names.
+//! The desired iptables rules as a pure function of the catalog: what one Service adds
+//! ([`service`]) — its rules in the shared [`Section`]s' buckets and the chains of its own. The
+//! fixed chains are [`super::base`]'s, the endpoint picks [`super::pick`]'s. Rules are
+//! iptables-restore rule specs (what follows `-A CHAIN`), built only from addresses, numbers
+//! and hashed chain names.
 //!
 //! The verdicts are the nftables backend's (`desired::service`), frontend by frontend: a
 //! ClusterIP goes to the internal-policy chain (masquerade mark for sources outside
@@ -14,24 +15,24 @@
 //! [`crate::endpoints::select`], shared with the nftables backend.
 //!
 //! iptables has no sets, so what nftables looks up in one step is a walk here; the walks are
-//! kept off the common paths: the filter chains only see new connections that were not
-//! DNATed, and the ClusterIP rejects only destinations within the service CIDRs.
+//! kept short (address buckets) and off the common paths: the filter chains only see new
+//! connections that were not DNATed, and the ClusterIP rejects only destinations within the
+//! service CIDRs.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use svcplane_common::model::{
-    Family, IpMode, IpPrefix, MergedEndpoint, Protocol, Service, ServicePort, ServiceType,
-    TrafficPolicy,
+    Family, IpMode, MergedEndpoint, Protocol, Service, ServicePort, ServiceType, TrafficPolicy,
 };
 
-use super::{
-    CANARY, FORWARD, INPUT, MARK_MASQ, MARK_NOT_POD, NODEPORTS, OUTPUT, POSTROUTING, Section,
-    Table, chain_hash,
-};
+pub use super::base::Base;
+use super::base::{host, prefixes};
+use super::pick::Pick;
+use super::{MARK_MASQ, Section, Table, address_bucket, bucket_of, port_chain_stem, service_order};
 use crate::conntrack::StaleFlow;
+use crate::desired::ProxyConfig;
 use crate::desired::service::proxied;
-use crate::desired::{MASQ_MARK, NodePortAddresses, ProxyConfig};
 use crate::endpoints::{self, Backend, PortEndpoints};
 
 /// A chain: (table, name).
@@ -40,8 +41,8 @@ pub type ChainKey = (Table, String);
 /// Everything one Service adds to one family's rules.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServiceRules {
-    /// Its rules in each section's bucket chain, in order.
-    pub sections: BTreeMap<Section, Vec<String>>,
+    /// Its rules in each (section, bucket) chain, in order.
+    pub sections: BTreeMap<(Section, u8), Vec<String>>,
     /// Chains only this Service uses, with their rules.
     pub chains: BTreeMap<ChainKey, Vec<String>>,
     /// `healthCheckNodePort` and the number of ready node-local endpoints (eTP Local).
@@ -49,6 +50,8 @@ pub struct ServiceRules {
     /// UDP flows the rules create; what disappears between two renders is stale conntrack
     /// state (as in the nftables backend).
     pub udp: BTreeSet<StaleFlow>,
+    /// The Service's [`service_order`].
+    pub order: u64,
 }
 
 impl ServiceRules {
@@ -57,211 +60,11 @@ impl ServiceRules {
         self.sections.is_empty() && self.chains.is_empty()
     }
 
-    fn push(&mut self, section: Section, rule: String) {
-        self.sections.entry(section).or_default().push(rule);
-    }
-}
-
-/// The node-wide settings as the rules of one family use them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Base {
-    pub family: Family,
-    cluster_cidrs: Vec<String>,
-    service_cidrs: Vec<String>,
-    service_prefixes: Vec<IpPrefix>,
-    /// `-d PREFIX` of each `--nodeport-addresses` prefix, or one empty match for every local
-    /// address; empty: no NodePorts in this family.
-    nodeport_matches: Vec<String>,
-    masquerade_all: bool,
-}
-
-impl Base {
-    pub fn new(config: &ProxyConfig, family: Family) -> Base {
-        let nodeport_matches = match &config.nodeport_addresses {
-            NodePortAddresses::All | NodePortAddresses::Primary => vec![String::new()],
-            NodePortAddresses::Prefixes(p) => prefixes(p, family)
-                .into_iter()
-                .map(|p| format!("-d {p} "))
-                .collect(),
-        };
-        Base {
-            family,
-            cluster_cidrs: prefixes(&config.cluster_cidrs, family),
-            service_cidrs: prefixes(&config.service_cidrs, family),
-            service_prefixes: config
-                .service_cidrs
-                .iter()
-                .filter(|p| Family::of(&p.addr) == family)
-                .copied()
-                .collect(),
-            nodeport_matches,
-            masquerade_all: config.masquerade_all,
-        }
-    }
-
-    /// `-j REJECT` with the family's ICMP port unreachable.
-    pub fn reject(&self) -> &'static str {
-        match self.family {
-            Family::V4 => "-j REJECT --reject-with icmp-port-unreachable",
-            Family::V6 => "-j REJECT --reject-with icmp6-port-unreachable",
-        }
-    }
-
-    /// The section of a ClusterIP's reject rule: within the service CIDRs or not.
-    fn cluster_ip_section(&self, ip: &IpAddr) -> Section {
-        if self.service_prefixes.iter().any(|p| contains(p, ip)) {
-            Section::ClusterIps
-        } else {
-            Section::OtherClusterIps
-        }
-    }
-
-    /// The chain ClusterIP traffic jumps to for its masquerade mark, if any.
-    fn cluster_ip_mark(&self) -> Option<&'static str> {
-        if self.masquerade_all {
-            Some(MARK_MASQ)
-        } else if !self.cluster_cidrs.is_empty() {
-            Some(MARK_NOT_POD)
-        } else {
-            None
-        }
-    }
-
-    /// Every fixed chain with its rules, given the non-empty buckets of each section.
-    pub fn chains(
-        &self,
-        buckets: &BTreeMap<Section, BTreeSet<u8>>,
-    ) -> Vec<(ChainKey, Vec<String>)> {
-        let none = BTreeSet::new();
-        let mut out: Vec<(ChainKey, Vec<String>)> = Section::ALL
-            .iter()
-            .map(|&s| {
-                let rules = self.parent(s, buckets.get(&s).unwrap_or(&none));
-                ((s.table(), s.parent().to_string()), rules)
-            })
-            .collect();
-        let mark = format!("{MASQ_MARK:#x}");
-        let mut fixed = vec![
-            (
-                (Table::Nat, POSTROUTING),
-                vec![
-                    format!("-m mark ! --mark {mark}/{mark} -j RETURN"),
-                    format!("-j MARK --xor-mark {mark}"),
-                    "-j MASQUERADE --random-fully".to_string(),
-                ],
-            ),
-            (
-                (Table::Nat, MARK_MASQ),
-                vec![format!("-j MARK --or-mark {mark}")],
-            ),
-            ((Table::Filter, INPUT), self.filter_entry(true)),
-            ((Table::Filter, FORWARD), self.filter_entry(false)),
-            ((Table::Filter, OUTPUT), self.filter_entry(false)),
-            ((Table::Nat, CANARY), vec!["-j RETURN".to_string()]),
-            ((Table::Filter, CANARY), vec!["-j RETURN".to_string()]),
-        ];
-        if !self.masquerade_all && !self.cluster_cidrs.is_empty() {
-            let mut rules: Vec<String> = self
-                .cluster_cidrs
-                .iter()
-                .map(|c| format!("-s {c} -j RETURN"))
-                .collect();
-            rules.push(format!("-j {MARK_MASQ}"));
-            fixed.push(((Table::Nat, MARK_NOT_POD), rules));
-        }
-        out.extend(
-            fixed
-                .into_iter()
-                .map(|((t, name), rules)| ((t, name.to_string()), rules)),
-        );
-        out
-    }
-
-    /// The rules of a section's parent chain: a jump to each non-empty bucket, then what must
-    /// come after every Service's rules.
-    pub fn parent(&self, section: Section, buckets: &BTreeSet<u8>) -> Vec<String> {
-        let mut rules: Vec<String> = buckets
-            .iter()
-            .map(|&b| format!("-j {}", section.bucket(b)))
-            .collect();
-        match section {
-            Section::Services => rules.extend(self.nodeport_jumps(NODEPORTS)),
-            Section::ClusterIps => {
-                rules.extend(self.service_cidrs.iter().map(|c| format!("-d {c} -j DROP")))
-            }
-            _ => {}
-        }
-        rules
-    }
-
-    /// Jumps to `target` for traffic to local addresses within `--nodeport-addresses`.
-    fn nodeport_jumps(&self, target: &str) -> Vec<String> {
-        self.nodeport_matches
-            .iter()
-            .map(|m| format!("{m}-m addrtype --dst-type LOCAL -j {target}"))
-            .collect()
-    }
-
-    /// SVCPLANE-INPUT (`input`) or SVCPLANE-FORWARD/OUTPUT: the order of the nftables
-    /// backend's filter chains.
-    fn filter_entry(&self, input: bool) -> Vec<String> {
-        let mut rules = vec![format!("-j {}", Section::Firewall.parent())];
-        if input {
-            rules.extend(self.nodeport_jumps(Section::NodePortNoEndpoints.parent()));
-        }
-        rules.push(format!("-j {}", Section::NoEndpoints.parent()));
-        if !input {
-            let cluster_ips = Section::ClusterIps.parent();
-            rules.extend(
-                self.service_cidrs
-                    .iter()
-                    .map(|c| format!("-d {c} -j {cluster_ips}")),
-            );
-            rules.push(format!("-j {}", Section::OtherClusterIps.parent()));
-        }
-        rules
-    }
-}
-
-/// Whether `prefix` contains `ip`.
-fn contains(prefix: &IpPrefix, ip: &IpAddr) -> bool {
-    match (prefix.addr, ip) {
-        (IpAddr::V4(net), IpAddr::V4(ip)) => {
-            let mask = u32::MAX
-                .checked_shl(32 - u32::from(prefix.len))
-                .unwrap_or(0);
-            u32::from(net) & mask == u32::from(*ip) & mask
-        }
-        (IpAddr::V6(net), IpAddr::V6(ip)) => {
-            let mask = u128::MAX
-                .checked_shl(128 - u32::from(prefix.len))
-                .unwrap_or(0);
-            u128::from(net) & mask == u128::from(*ip) & mask
-        }
-        _ => false,
-    }
-}
-
-fn prefixes(list: &[IpPrefix], family: Family) -> Vec<String> {
-    list.iter()
-        .filter(|p| Family::of(&p.addr) == family)
-        .map(|p| format!("{}/{}", p.addr, p.len))
-        .collect()
-}
-
-/// `ip/32` or `ip/128`.
-fn host(ip: &IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => format!("{v4}/32"),
-        IpAddr::V6(v6) => format!("{v6}/128"),
-    }
-}
-
-/// The DNAT destination of a backend.
-fn socket(b: &Backend) -> String {
-    match b.ip {
-        IpAddr::V4(v4) => format!("{v4}:{}", b.port),
-        IpAddr::V6(v6) => format!("[{v6}]:{}", b.port),
+    fn push(&mut self, section: Section, bucket: u8, rule: String) {
+        self.sections
+            .entry((section, bucket))
+            .or_default()
+            .push(rule);
     }
 }
 
@@ -293,7 +96,10 @@ pub fn service(
     base: &Base,
 ) -> ServiceRules {
     let family = base.family;
-    let mut out = ServiceRules::default();
+    let mut out = ServiceRules {
+        order: service_order(&service.key),
+        ..ServiceRules::default()
+    };
     if !proxied(service, config) {
         return out;
     }
@@ -313,7 +119,7 @@ pub fn service(
             comment(service, None),
             base.reject()
         );
-        out.push(base.cluster_ip_section(ip), rule);
+        out.push(base.cluster_ip_section(ip), address_bucket(ip), rule);
     }
     for port in &service.ports {
         let sel = endpoints::select(service, port, endpoints, family, &config.node);
@@ -375,34 +181,27 @@ struct Names {
     svl: String,
     ext: String,
     fw: String,
-    /// What endpoint chain names hash after the port's own text.
-    base: String,
+    /// The port's own text (what the names hash).
+    key: String,
 }
 
 impl Names {
     fn new(service: &Service, port: &ServicePort) -> Names {
-        let base = format!(
+        let key = format!(
             "{}/{}/{}/{}",
             service.key.namespace,
             service.key.name,
             port.protocol.as_lower(),
             port.name
         );
-        let h = chain_hash(&base);
+        let stem = port_chain_stem(&service.key, &key);
         Names {
-            svc: format!("SVCPLANE-SVC-{h}"),
-            svl: format!("SVCPLANE-SVL-{h}"),
-            ext: format!("SVCPLANE-EXT-{h}"),
-            fw: format!("SVCPLANE-FW-{h}"),
-            base,
+            svc: format!("{stem}-SVC"),
+            svl: format!("{stem}-SVL"),
+            ext: format!("{stem}-EXT"),
+            fw: format!("{stem}-FW"),
+            key,
         }
-    }
-
-    fn endpoint(&self, b: &Backend) -> String {
-        format!(
-            "SVCPLANE-SEP-{}",
-            chain_hash(&format!("{}/{}", self.base, socket(b)))
-        )
     }
 }
 
@@ -490,9 +289,16 @@ impl<'a> PortRules<'a> {
         }
     }
 
-    fn push(&mut self, section: Section, matches: &str, target: &str) {
+    /// A rule for the frontend address `ip` in `section`.
+    fn push(&mut self, section: Section, ip: &IpAddr, matches: &str, target: &str) {
         let rule = format!("{matches} {} {target}", self.comment);
-        self.out.push(section, rule);
+        self.out.push(section, address_bucket(ip), rule);
+    }
+
+    /// A rule for the Service's NodePort in `section`.
+    fn push_node_port(&mut self, section: Section, matches: &str, target: &str) {
+        let rule = format!("{matches} {} {target}", self.comment);
+        self.out.push(section, bucket_of(&self.service.key), rule);
     }
 
     /// Dispatches one ClusterIP; returns its masquerade rule for the internal chain.
@@ -503,7 +309,7 @@ impl<'a> PortRules<'a> {
         let dest = self.dest(ip);
         if backends.is_empty() {
             let verdict = self.missing();
-            self.push(Section::NoEndpoints, &dest, &verdict);
+            self.push(Section::NoEndpoints, ip, &dest, &verdict);
             return None;
         }
         let chain = if sel.internal_policy_local {
@@ -511,7 +317,7 @@ impl<'a> PortRules<'a> {
         } else {
             self.names.svc.clone()
         };
-        self.push(Section::Services, &dest, &format!("-j {chain}"));
+        self.push(Section::Services, ip, &dest, &format!("-j {chain}"));
         self.used.insert(chain);
         let mark = self.base.cluster_ip_mark()?;
         Some(format!("{dest} -j {mark}"))
@@ -562,16 +368,16 @@ impl<'a> PortRules<'a> {
         if firewalled {
             let fw = self.names.fw.clone();
             self.firewall_chains(ext);
-            self.push(Section::Firewall, &dest, &format!("-j {fw}"));
+            self.push(Section::Firewall, ip, &dest, &format!("-j {fw}"));
         }
         if let Some(ext) = ext {
             let target = if firewalled { &self.names.fw } else { ext };
             let target = format!("-j {target}");
-            self.push(Section::Services, &dest, &target);
+            self.push(Section::Services, ip, &dest, &target);
         }
         if self.sel.external().is_empty() {
             let verdict = self.missing();
-            self.push(Section::NoEndpoints, &dest, &verdict);
+            self.push(Section::NoEndpoints, ip, &dest, &verdict);
         }
     }
 
@@ -596,56 +402,26 @@ impl<'a> PortRules<'a> {
         let p = self.proto;
         let matches = format!("-p {p} -m {p} --dport {node_port}");
         if let Some(ext) = ext {
-            self.push(Section::NodePorts, &matches, &format!("-j {ext}"));
+            self.push_node_port(Section::NodePorts, &matches, &format!("-j {ext}"));
         }
         if self.sel.external().is_empty() {
             let verdict = self.missing();
-            self.push(Section::NodePortNoEndpoints, &matches, &verdict);
+            self.push_node_port(Section::NodePortNoEndpoints, &matches, &verdict);
         }
     }
 
-    /// SVC or SVL: the masquerade rules of ClusterIP traffic, remembered clients (ClientIP
-    /// affinity), then a random pick.
+    /// SVC or SVL: the masquerade rules of ClusterIP traffic, then the pick ([`Pick`]).
     fn policy_chain(&mut self, name: &str, backends: &[Backend], marks: Vec<String>) {
+        let pick = Pick {
+            proto: self.proto,
+            affinity: self.service.affinity_timeout,
+            key: &self.names.key,
+        };
         let mut rules = marks;
-        let seps: Vec<String> = backends.iter().map(|b| self.names.endpoint(b)).collect();
-        if let Some(timeout) = self.service.affinity_timeout {
-            rules.extend(seps.iter().map(|sep| {
-                format!("-m recent --name {sep} --rcheck --seconds {timeout} --reap -j {sep}")
-            }));
-        }
-        let n = backends.len();
-        for (i, (b, sep)) in backends.iter().zip(&seps).enumerate() {
-            if i + 1 < n {
-                let p = 1.0 / (n - i) as f64;
-                rules.push(format!(
-                    "-m statistic --mode random --probability {p:.10} -j {sep}"
-                ));
-            } else {
-                rules.push(format!("-j {sep}"));
-            }
-            self.endpoint_chain(sep, b);
-        }
+        rules.extend(pick.rules(backends));
         self.out
             .chains
             .insert((Table::Nat, name.to_string()), rules);
-    }
-
-    /// SEP: hairpin traffic is masqueraded; remember the client (affinity); DNAT.
-    fn endpoint_chain(&mut self, sep: &str, b: &Backend) {
-        let remember = match self.service.affinity_timeout {
-            Some(_) => format!("-m recent --name {sep} --set "),
-            None => String::new(),
-        };
-        let rules = vec![
-            format!("-s {} -j {MARK_MASQ}", host(&b.ip)),
-            format!(
-                "-p {} {remember}-j DNAT --to-destination {}",
-                self.proto,
-                socket(b)
-            ),
-        ];
-        self.out.chains.insert((Table::Nat, sep.to_string()), rules);
     }
 
     /// The backends UDP flows to an external frontend may reach (with the pod short-circuit's
@@ -706,42 +482,31 @@ impl<'a> PortRules<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn prefix(text: &str) -> IpPrefix {
-        svcplane_common::config::parse_prefix(text).expect("prefix")
-    }
-
-    #[test]
-    fn prefix_containment() {
-        let ip = |t: &str| t.parse::<IpAddr>().expect("ip");
-        assert!(contains(&prefix("10.96.0.0/12"), &ip("10.111.255.1")));
-        assert!(!contains(&prefix("10.96.0.0/12"), &ip("10.112.0.1")));
-        assert!(contains(&prefix("0.0.0.0/0"), &ip("192.0.2.1")));
-        assert!(contains(&prefix("fd00:96::/108"), &ip("fd00:96::1")));
-        assert!(!contains(&prefix("fd00:96::/108"), &ip("10.96.0.1")));
-    }
+    use crate::desired::NodePortAddresses;
 
     #[test]
     fn cluster_ips_outside_the_service_cidrs_are_rejected_unconditionally() {
         let config = ProxyConfig {
             node: crate::endpoints::NodeInfo::new("node-a", None),
             cluster_cidrs: vec![],
-            service_cidrs: vec![prefix("10.96.0.0/16")],
+            service_cidrs: vec![
+                svcplane_common::config::parse_prefix("10.96.0.0/16").expect("cidr"),
+            ],
             nodeport_addresses: NodePortAddresses::All,
             masquerade_all: false,
             proxy_name: None,
         };
         let base = Base::new(&config, Family::V4);
         let key = svcplane_common::model::ObjectKey::new("ns", "s");
-        for (ip, section) in [
-            ("10.96.0.1", Section::ClusterIps),
-            ("10.200.0.1", Section::OtherClusterIps),
+        for (ip, section, bucket) in [
+            ("10.96.0.1", Section::ClusterIps, 1),
+            ("10.200.0.66", Section::OtherClusterIps, 2),
         ] {
             let svc = Service::new(key.clone(), vec![ip.parse().expect("ip")]);
             let rules = service(&svc, &[], &config, &base);
             assert_eq!(
                 rules.sections.keys().collect::<Vec<_>>(),
-                [&section],
+                [&(section, bucket)],
                 "{ip}"
             );
         }

@@ -63,8 +63,8 @@ fn full_slice() {
     };
     assert_eq!(a.ip.to_string(), "10.244.1.5");
     assert_eq!(a.hostname.as_deref(), Some("web-0"));
-    assert_eq!(a.node_name.as_deref(), Some("node-1"));
-    assert_eq!(a.zone.as_deref(), Some("zone-a"));
+    assert_eq!(a.node_name(), Some("node-1"));
+    assert_eq!(a.zone(), Some("zone-a"));
     assert_eq!((a.ready, a.serving, a.terminating), (true, true, false));
     assert_eq!(a.hint_zones(), [Arc::from("zone-a")]);
     assert_eq!(a.hint_nodes(), [Arc::from("node-1")]);

@@ -290,7 +290,7 @@ fn check_example_slices(loaded: &Loaded) {
     assert!(
         web.endpoints
             .iter()
-            .all(|e| e.node_name.is_some())
+            .all(|e| e.node_name().is_some())
     );
     let pod_ips: Vec<String> = loaded
         .objects
