@@ -1,5 +1,5 @@
 //! A process-wide interner for the short strings that repeat across hundreds of thousands of
-//! endpoints and objects — node names, zones, namespaces, and (node, zone) pairs — so that each
+//! endpoints and objects — node names, zones, namespaces, port names, (node, zone) pairs — so each
 //! is allocated once.
 //!
 //! The tables only grow (a cluster has few nodes, zones and namespaces); past [`MAX`] entries

@@ -319,19 +319,68 @@ pub struct EndpointSlice {
     /// Label `kubernetes.io/service-name`; slices without it belong to no Service.
     pub service_name: Option<Arc<str>>,
     pub family: Family,
-    /// Shared with the merged endpoint lists built from this slice.
     pub ports: Arc<[EndpointPort]>,
-    /// Each behind an `Arc` shared by the source, the catalog and the merged lists, so an
-    /// endpoint is held once however many of them refer to it.
-    pub endpoints: Vec<Arc<Endpoint>>,
+    /// Held inline: merged lists refer to them by (slice, index), so each endpoint is stored
+    /// once, in its slice, with no allocation of its own.
+    pub endpoints: Vec<Endpoint>,
 }
 
-/// Endpoints of one Service merged across its slices: each endpoint with the ports of its slice.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One endpoint of a Service merged across its slices: a reference into the slice it came
+/// from (16 bytes, sharing the slice the source and the catalog already hold).
+#[derive(Clone)]
 pub struct MergedEndpoint {
-    /// Shared with the stored slice it came from.
-    pub endpoint: Arc<Endpoint>,
-    pub ports: Arc<[EndpointPort]>,
+    slice: Arc<EndpointSlice>,
+    index: u32,
+}
+
+impl MergedEndpoint {
+    /// Endpoint `index` of `slice`; None if there is no such endpoint.
+    pub fn new(slice: Arc<EndpointSlice>, index: usize) -> Option<MergedEndpoint> {
+        let index = u32::try_from(index).ok()?;
+        slice.endpoints.get(index as usize)?;
+        Some(MergedEndpoint { slice, index })
+    }
+
+    /// An endpoint with these ports, in a slice of its own (for tests and generated catalogs).
+    pub fn standalone(endpoint: Endpoint, ports: Arc<[EndpointPort]>) -> MergedEndpoint {
+        let slice = EndpointSlice {
+            key: ObjectKey::new("", ""),
+            service_name: None,
+            family: Family::of(&endpoint.ip),
+            ports,
+            endpoints: vec![endpoint],
+        };
+        MergedEndpoint {
+            slice: Arc::new(slice),
+            index: 0,
+        }
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.slice.endpoints[self.index as usize]
+    }
+
+    /// The ports of the endpoint's slice.
+    pub fn ports(&self) -> &Arc<[EndpointPort]> {
+        &self.slice.ports
+    }
+}
+
+impl PartialEq for MergedEndpoint {
+    fn eq(&self, other: &Self) -> bool {
+        self.endpoint() == other.endpoint() && self.ports() == other.ports()
+    }
+}
+
+impl Eq for MergedEndpoint {}
+
+impl fmt::Debug for MergedEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MergedEndpoint")
+            .field("endpoint", self.endpoint())
+            .field("ports", self.ports())
+            .finish()
+    }
 }
 
 /// A Pod, reduced to what DNS (`--pods verified`) and the proxy need.

@@ -403,9 +403,9 @@ impl<'a> Builder<'a> {
             }
             let mut seen = Vec::new();
             for e in s.usable() {
-                if !seen.contains(&e.endpoint.ip) {
-                    seen.push(e.endpoint.ip);
-                    self.address(Owner::Question, e.endpoint.ip);
+                if !seen.contains(&e.endpoint().ip) {
+                    seen.push(e.endpoint().ip);
+                    self.address(Owner::Question, e.endpoint().ip);
                 }
             }
         } else {
@@ -447,7 +447,7 @@ impl<'a> Builder<'a> {
             return self.nxdomain();
         }
         for e in endpoints {
-            self.address(Owner::Question, e.endpoint.ip);
+            self.address(Owner::Question, e.endpoint().ip);
         }
     }
 
@@ -494,7 +494,7 @@ impl<'a> Builder<'a> {
                     continue;
                 };
                 if let Some(name) = s.endpoint_name(e) {
-                    targets.push((number, name, vec![e.endpoint.ip]));
+                    targets.push((number, name, vec![e.endpoint().ip]));
                 }
             }
         } else if s.external.is_none() {
@@ -597,7 +597,7 @@ fn depth_index(q: &QName, depth: usize, i: usize) -> usize {
 /// an unnamed single port matches the slice's unnamed port.
 fn endpoint_port(e: &MergedEndpoint, name: &str, protocol: Protocol, bare: bool) -> Option<u16> {
     let found = e
-        .ports
+        .ports()
         .iter()
         .find(|p| *p.name == *name && p.protocol == protocol)
         .map(|p| p.port);

@@ -54,7 +54,7 @@ fn slice(ns: &str, svc: &str, ports: &[(&str, u16)], endpoints: Vec<Endpoint>) -
                 port: *p,
             })
             .collect(),
-        endpoints: endpoints.into_iter().map(Arc::new).collect(),
+        endpoints,
     }
 }
 

@@ -45,7 +45,7 @@ impl ServiceDns {
     /// Usable endpoints whose DNS label (hostname, or dashed address without one) is `label`.
     pub fn endpoints_labelled<'a>(&'a self, label: &str) -> Vec<&'a MergedEndpoint> {
         let key = |i: &u32| {
-            let e = &self.endpoints[*i as usize].endpoint;
+            let e = self.endpoints[*i as usize].endpoint();
             (e.hostname.as_deref(), e.ip)
         };
         let mut out = Vec::new();
@@ -70,9 +70,9 @@ impl ServiceDns {
 
     /// The DNS name of an endpoint of this Service.
     pub fn endpoint_name(&self, e: &MergedEndpoint) -> Option<Name> {
-        let label = match &e.endpoint.hostname {
+        let label = match &e.endpoint().hostname {
             Some(h) => h.to_string(),
-            None => dashed(&e.endpoint.ip),
+            None => dashed(&e.endpoint().ip),
         };
         self.fqdn.child(label.as_bytes()).ok()
     }
@@ -282,12 +282,12 @@ fn build(
     };
     let publish_all = service.publish_not_ready_addresses;
     let mut usable: Vec<u32> = (0..endpoints.len() as u32)
-        .filter(|i| publish_all || endpoints[*i as usize].endpoint.ready)
+        .filter(|i| publish_all || endpoints[*i as usize].endpoint().ready)
         .collect();
     usable.sort_by(|a, b| {
         let (a, b) = (
-            &endpoints[*a as usize].endpoint,
-            &endpoints[*b as usize].endpoint,
+            endpoints[*a as usize].endpoint(),
+            endpoints[*b as usize].endpoint(),
         );
         (a.hostname.as_deref(), a.ip).cmp(&(b.hostname.as_deref(), b.ip))
     });
@@ -315,7 +315,7 @@ fn ptr_entries(entry: &Arc<ServiceDns>) -> Vec<(IpAddr, PtrTarget)> {
         .map(|ip| (*ip, target(None)))
         .collect();
     for &i in entry.usable.iter() {
-        out.push((entry.endpoints[i as usize].endpoint.ip, target(Some(i))));
+        out.push((entry.endpoints[i as usize].endpoint().ip, target(Some(i))));
     }
     out.sort_by_key(|(ip, _)| *ip);
     out.dedup_by_key(|(ip, _)| *ip);

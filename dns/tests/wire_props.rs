@@ -61,7 +61,7 @@ fn slice(ns: &str, svc: &str, endpoints: Vec<Endpoint>) -> EndpointSlice {
             protocol: Protocol::Tcp,
             port: 8080,
         }]),
-        endpoints: endpoints.into_iter().map(Arc::new).collect(),
+        endpoints,
     }
 }
 

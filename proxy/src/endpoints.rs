@@ -197,8 +197,8 @@ pub fn local_ready_endpoints(
     count_ips(
         endpoints
             .iter()
-            .filter(|m| !m.ports.is_empty())
-            .map(|m| &m.endpoint)
+            .filter(|m| !m.ports().is_empty())
+            .map(|m| m.endpoint())
             .filter(|e| Family::of(&e.ip) == family && e.ready && resolve::is_local(e, node))
             .map(|e| e.ip),
     )

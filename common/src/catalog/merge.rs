@@ -24,24 +24,24 @@ fn rank(e: &Endpoint) -> u8 {
 
 /// Merges slices (given in slice-name order) into the endpoints of their Service. The result
 /// shares the slices' endpoints and port lists (a large cluster's endpoints are held once).
-pub fn merge<'a>(slices: impl IntoIterator<Item = &'a EndpointSlice>) -> Arc<[MergedEndpoint]> {
-    let mut chosen: BTreeMap<(IpAddr, Arc<[EndpointPort]>), Arc<Endpoint>> = BTreeMap::new();
+pub fn merge<'a>(
+    slices: impl IntoIterator<Item = &'a Arc<EndpointSlice>>,
+) -> Arc<[MergedEndpoint]> {
+    let mut chosen: BTreeMap<(IpAddr, &[EndpointPort]), MergedEndpoint> = BTreeMap::new();
     for slice in slices {
-        let ports = &slice.ports;
-        for endpoint in &slice.endpoints {
-            let key = (endpoint.ip, ports.clone());
+        for (i, endpoint) in slice.endpoints.iter().enumerate() {
+            let key = (endpoint.ip, &*slice.ports);
             match chosen.get(&key) {
-                Some(existing) if rank(existing) >= rank(endpoint) => {}
+                Some(existing) if rank(existing.endpoint()) >= rank(endpoint) => {}
                 _ => {
-                    chosen.insert(key, endpoint.clone());
+                    if let Some(merged) = MergedEndpoint::new(slice.clone(), i) {
+                        chosen.insert(key, merged);
+                    }
                 }
             }
         }
     }
-    chosen
-        .into_iter()
-        .map(|((_, ports), endpoint)| MergedEndpoint { endpoint, ports })
-        .collect()
+    chosen.into_values().collect()
 }
 
 #[cfg(test)]
@@ -61,8 +61,8 @@ mod tests {
         }
     }
 
-    fn slice(name: &str, port: u16, endpoints: Vec<Endpoint>) -> EndpointSlice {
-        EndpointSlice {
+    fn slice(name: &str, port: u16, endpoints: Vec<Endpoint>) -> Arc<EndpointSlice> {
+        Arc::new(EndpointSlice {
             key: ObjectKey::new("ns", name),
             service_name: Some("svc".into()),
             family: Family::V4,
@@ -71,8 +71,8 @@ mod tests {
                 protocol: Protocol::Tcp,
                 port,
             }]),
-            endpoints: endpoints.into_iter().map(Arc::new).collect(),
-        }
+            endpoints,
+        })
     }
 
     #[test]
@@ -85,8 +85,8 @@ mod tests {
         );
         let merged = merge([&a, &b]);
         assert_eq!(merged.len(), 2);
-        assert_eq!(merged[0].endpoint.ip.to_string(), "10.0.0.1");
-        assert!(merged[1].endpoint.ready);
+        assert_eq!(merged[0].endpoint().ip.to_string(), "10.0.0.1");
+        assert!(merged[1].endpoint().ready);
     }
 
     #[test]
@@ -103,6 +103,6 @@ mod tests {
         let a = slice("a", 80, vec![first]);
         let b = slice("b", 80, vec![ep("10.0.0.2", true, true)]);
         let merged = merge([&a, &b]);
-        assert_eq!(merged[0].endpoint.hostname.as_deref(), Some("first"));
+        assert_eq!(merged[0].endpoint().hostname.as_deref(), Some("first"));
     }
 }

@@ -223,7 +223,7 @@ impl Store {
 
     fn remerge_endpoints(&mut self, service: &ObjectKey) {
         let merged = match self.slices.get(service) {
-            Some(slices) => merge::merge(slices.iter().map(|s| &**s)),
+            Some(slices) => merge::merge(slices),
             None => Arc::from(Vec::new()),
         };
         let old = self.snap.endpoints.get(service);

@@ -20,7 +20,7 @@ fn slice(ns: &str, name: &str, svc: &str, ips: &[&str]) -> Object {
         ports: Arc::new([]),
         endpoints: ips
             .iter()
-            .map(|ip| Arc::new(Endpoint::new(ip.parse::<IpAddr>().expect("ip"))))
+            .map(|ip| Endpoint::new(ip.parse::<IpAddr>().expect("ip")))
             .collect(),
     }))
 }

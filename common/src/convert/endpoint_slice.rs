@@ -48,7 +48,7 @@ pub fn endpoint_slice(obj: &api::EndpointSlice) -> Result<Option<EndpointSlice>,
     }
     let mut endpoints = Vec::with_capacity(obj.endpoints.len());
     for (i, e) in obj.endpoints.iter().enumerate() {
-        endpoints.push(Arc::new(endpoint(i, e, family)?));
+        endpoints.push(endpoint(i, e, family)?);
     }
     Ok(Some(EndpointSlice {
         key: ObjectKey { namespace, name },
@@ -86,7 +86,7 @@ fn ports(list: &[api::EndpointPort]) -> Result<Vec<EndpointPort>, ConvertError> 
             continue;
         };
         out.push(EndpointPort {
-            name: name.into(),
+            name: crate::intern::intern(name),
             protocol,
             port: validate::port(&field("port"), port)?,
         });

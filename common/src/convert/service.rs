@@ -226,7 +226,7 @@ fn service_port(
         Some(n) => Some(validate::port(&field("nodePort"), n)?),
     };
     Ok(ServicePort {
-        name: name.into(),
+        name: crate::intern::intern(name),
         protocol: protocol(&field("protocol"), &p.protocol)?,
         port,
         target_port: target_port(&field("targetPort"), p.target_port.as_ref(), port)?,

@@ -33,15 +33,15 @@ pub(super) fn candidates<'a>(
     for merged in endpoints {
         // Only addresses of the family being programmed; a slice's address type already
         // guarantees this, but the address itself is what gets programmed.
-        if Family::of(&merged.endpoint.ip) != family {
+        if Family::of(&merged.endpoint().ip) != family {
             continue;
         }
-        let Some(target) = target_port(port, &merged.ports) else {
+        let Some(target) = target_port(port, merged.ports()) else {
             continue;
         };
         let candidate = Candidate {
-            backend: backend(&merged.endpoint, target, node),
-            endpoint: &merged.endpoint,
+            backend: backend(merged.endpoint(), target, node),
+            endpoint: merged.endpoint(),
         };
         keep_preferred(&mut chosen, candidate);
     }

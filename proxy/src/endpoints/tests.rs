@@ -85,10 +85,7 @@ fn at(e: Endpoint, number: u16) -> MergedEndpoint {
 }
 
 fn with_ports(e: Endpoint, ports: Vec<EndpointPort>) -> MergedEndpoint {
-    MergedEndpoint {
-        endpoint: Arc::new(e),
-        ports: Arc::from(ports),
-    }
+    MergedEndpoint::standalone(e, Arc::from(ports))
 }
 
 fn run(service: &Service, endpoints: &[MergedEndpoint]) -> PortEndpoints {
