@@ -247,7 +247,9 @@ pub enum PtrTargets {
 impl From<Vec<PtrTarget>> for PtrTargets {
     fn from(mut targets: Vec<PtrTarget>) -> Self {
         match targets.len() {
-            1 => targets.pop().map_or_else(|| Self::Many(Arc::new([])), Self::One),
+            1 => targets
+                .pop()
+                .map_or_else(|| Self::Many(Arc::new([])), Self::One),
             _ => Self::Many(targets.into()),
         }
     }

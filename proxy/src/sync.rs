@@ -8,7 +8,6 @@
 //! drives any backend's [`Engine`] (the iptables one is `crate::iptables::engine`).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use prometheus_client::metrics::counter::Counter;
@@ -21,10 +20,10 @@ use svcplane_common::model::ObjectKey;
 use tokio_util::sync::CancellationToken;
 
 use crate::conntrack::ConntrackCleaner;
-use crate::desired::service::{Contribution, contribution};
+use crate::desired::service::contribution_of;
 use crate::desired::{ProxyConfig, base_table};
 use crate::executor::{ExecError, Nft};
-use crate::plan::Programmed;
+use crate::plan::{Change, Programmed};
 use crate::ruleset::NftFamily;
 
 /// kube-proxy's metric names where they mean the same.
@@ -175,6 +174,9 @@ pub struct Syncer {
     pub conntrack: ConntrackCleaner,
     pub metrics: SyncMetrics,
     programmed: HashMap<NftFamily, Programmed>,
+    /// The catalog state last programmed: a changed Service's old contribution is recomputed
+    /// from it rather than kept (a clone shares the catalog's storage).
+    last: Option<Snapshot>,
     /// The resolved settings the programmed tables were rendered with.
     resolved: Option<ProxyConfig>,
     phase: Phase,
@@ -194,6 +196,7 @@ impl Syncer {
             conntrack: ConntrackCleaner::new(),
             metrics,
             programmed: HashMap::new(),
+            last: None,
             resolved: None,
             phase: Phase::WaitingForSync,
         }
@@ -258,9 +261,15 @@ impl Syncer {
             script.push_str(&s);
             next.insert(f, programmed);
         }
-        self.nft.apply(&script).await?;
+        // Whatever the outcome, the garbage of the render (the script, every contribution)
+        // goes back to the kernel rather than staying in the RSS.
+        let applied = self.nft.apply(&script).await;
+        drop(script);
+        svcplane_common::process::trim_heap();
+        applied?;
         self.metrics.full_syncs.inc();
         self.programmed = next;
+        self.last = Some(snapshot.clone());
         self.resolved = Some(config);
         Ok(())
     }
@@ -270,6 +279,9 @@ impl Syncer {
         let services = match snapshot.changes_since(since) {
             Changes::Some { services, .. } if self.resolved.as_ref() == Some(&config) => services,
             _ => return self.full(snapshot).await,
+        };
+        let Some(last) = self.last.clone() else {
+            return self.full(snapshot).await;
         };
         let mut script = String::new();
         let mut stale = Vec::new();
@@ -282,7 +294,11 @@ impl Syncer {
             };
             let changes = services
                 .iter()
-                .map(|key| (key.clone(), contribution_of(&config, snapshot, key, f)))
+                .map(|key| Change {
+                    key: key.clone(),
+                    old: contribution_of(&config, &last, key, f),
+                    new: contribution_of(&config, snapshot, key, f),
+                })
                 .collect();
             let update = programmed.update(changes);
             if update.full {
@@ -296,6 +312,7 @@ impl Syncer {
         if !script.is_empty() {
             self.nft.apply(&script).await?;
         }
+        self.last = Some(snapshot.clone());
         if !stale.is_empty() {
             // Only after the rules no longer lead to the old backends: else new entries would
             // be created right after the old ones are gone.
@@ -318,11 +335,9 @@ impl Syncer {
     pub fn health_checks(&self) -> HashMap<u16, (ObjectKey, usize)> {
         let mut out: HashMap<u16, (ObjectKey, usize)> = HashMap::new();
         for programmed in self.programmed.values() {
-            for (key, c) in &programmed.contributions {
-                if let Some((port, n)) = c.health {
-                    let entry = out.entry(port).or_insert((key.clone(), 0));
-                    entry.1 += n;
-                }
+            for (key, (port, n)) in programmed.health() {
+                let entry = out.entry(port).or_insert((key.clone(), 0));
+                entry.1 += n;
             }
         }
         out
@@ -336,33 +351,13 @@ impl Syncer {
                 .chains
                 .get("services")
                 .map_or(0, |c| c.rules.len());
-            // Distinct keys: Services claiming one frontend share one element.
-            let fe = programmed
-                .contributions
-                .values()
-                .flat_map(|c| c.elements.iter().filter(|(s, _)| s == "fe"))
-                .map(|(_, e)| e.split_once(" : ").map_or(&**e, |(k, _)| k))
-                .collect::<std::collections::HashSet<_>>()
-                .len();
+            let fe = programmed.fe_elements();
             if !self.nft.verify(*f, rules, fe).await? {
                 return Ok(false);
             }
         }
         Ok(true)
     }
-}
-
-/// The contribution of one Service (None if it adds nothing: deleted or not proxied).
-fn contribution_of(
-    config: &ProxyConfig,
-    snapshot: &Snapshot,
-    key: &ObjectKey,
-    f: NftFamily,
-) -> Option<Arc<Contribution>> {
-    let service = snapshot.services.get(key)?;
-    let endpoints = snapshot.endpoints.get(key).map(|e| &e[..]).unwrap_or(&[]);
-    let c = contribution(service, endpoints, config, f);
-    (!c.elements.is_empty() || !c.chains.is_empty()).then(|| Arc::new(c))
 }
 
 /// Runs the engine until `shutdown`: syncs at most once per `min_period`, verifies every

@@ -20,7 +20,7 @@ use svcplane_proxy::app::{self, Args};
 use svcplane_proxy::desired::service::contribution;
 use svcplane_proxy::desired::{NodePortAddresses, ProxyConfig, base_table};
 use svcplane_proxy::endpoints::NodeInfo;
-use svcplane_proxy::plan::Programmed;
+use svcplane_proxy::plan::{Change, Programmed};
 use svcplane_proxy::ruleset::NftFamily;
 
 fn root() -> bool {
@@ -190,7 +190,7 @@ fn slice(name: &str, ips: &[&str]) -> Object {
         }]),
         endpoints: ips
             .iter()
-            .map(|ip| Arc::new(Endpoint::new(ip.parse().expect("ip"))))
+            .map(|ip| Endpoint::new(ip.parse().expect("ip")))
             .collect(),
     }))
 }
@@ -250,7 +250,7 @@ async fn incremental_update_equals_full_render() {
     }
     let (_, before, _) = contributions(&mut store, &config);
     let base = base_table(&config, NftFamily::Ip);
-    let (mut programmed, full_a) = Programmed::full(base.clone(), before);
+    let (mut programmed, full_a) = Programmed::full(base.clone(), before.clone());
 
     // Changes: a gains an endpoint (n2 → n3), b (affinity) loses one, c is deleted, d is new.
     store.apply(SourceEvent::Apply(slice(
@@ -269,11 +269,12 @@ async fn incremental_update_equals_full_render() {
         .iter()
         .map(|n| {
             let key = ObjectKey::new("ns", n);
-            let c = snap
+            let new = snap
                 .services
                 .contains_key(&key)
                 .then(|| after[&key].clone());
-            (key, c)
+            let old = before.get(&key).cloned();
+            Change { key, old, new }
         })
         .collect();
     let update = programmed.update(changes).script.expect("an update");
@@ -344,22 +345,86 @@ async fn shared_hairpin_elements_survive_one_owner() {
     });
     let (_, before, _) = contributions(&mut store, &config);
     let base = base_table(&config, NftFamily::Ip);
-    let (mut programmed, full) = Programmed::full(base.clone(), before);
+    let (mut programmed, full) = Programmed::full(base.clone(), before.clone());
     let ns = Ns::new("hairpin");
     ns.apply(&full);
     let hairpin = |ns: &Ns| ns.nft(&["list", "set", "ip", "svcplane", "hairpin"], None);
     let a = ObjectKey::new("ns", "a");
     let b = ObjectKey::new("ns", "b");
-    let update = programmed.update(vec![(a, None)]).script.expect("a goes");
+    let gone = |key: ObjectKey| Change {
+        old: before.get(&key).cloned(),
+        key,
+        new: None,
+    };
+    let update = programmed.update(vec![gone(a)]).script.expect("a goes");
     ns.apply(&update);
     assert!(
         hairpin(&ns).contains("10.244.0.1 . 10.244.0.1"),
         "b still needs it:\n{update}"
     );
-    let update = programmed.update(vec![(b, None)]).script.expect("b goes");
+    let update = programmed.update(vec![gone(b)]).script.expect("b goes");
     ns.apply(&update);
     assert!(
         !hairpin(&ns).contains("10.244.0.1"),
         "nobody needs it:\n{update}"
     );
+}
+
+/// The catalog of `n` Services `s0…`, each with two endpoints of its own.
+fn many(n: usize, first: usize) -> Vec<(Kind, Vec<Object>)> {
+    let ip = |base: u32, i: usize| std::net::Ipv4Addr::from(base + i as u32).to_string();
+    let (services, slices) = (first..first + n)
+        .map(|i| {
+            let name = format!("s{i}");
+            let cluster_ip = ip(0x0a60_0001, i);
+            let eps = [ip(0x0af4_0001, 2 * i), ip(0x0af4_0001, 2 * i + 1)];
+            let eps: Vec<&str> = eps.iter().map(String::as_str).collect();
+            (service(&name, &cluster_ip, false), slice(&name, &eps))
+        })
+        .unzip();
+    vec![(Kind::Service, services), (Kind::EndpointSlice, slices)]
+}
+
+/// Large sets are declared with a size (twice their elements, a power of two), the kernel
+/// accepts it, and an update that would outgrow it asks for a full render.
+#[tokio::test]
+async fn large_sets_are_sized_and_outgrowing_them_renders_in_full() {
+    let config = config();
+    let mut store = Store::default();
+    for (kind, objects) in many(2100, 0) {
+        store.apply(SourceEvent::Replace { kind, objects });
+    }
+    let (_, before, _) = contributions(&mut store, &config);
+    let base = base_table(&config, NftFamily::Ip);
+    let (mut programmed, full) = Programmed::full(base, before.clone());
+    // 4200 hairpin pairs and eps-n2 elements: sized; 2100 fe elements: not.
+    for set in ["set hairpin", "map eps-n2"] {
+        let block = &full[full.find(set).expect(set)..];
+        let block = &block[..block.find('}').expect("block end")];
+        assert!(block.contains("\t\tsize 16384\n"), "{block}");
+    }
+    let fe = &full[full.find("map fe {").expect("fe")..];
+    assert!(!fe[..fe.find('}').expect("end")].contains("size"));
+    assert_eq!(programmed.fe_elements(), 2100);
+    if root() {
+        Ns::new("sized").apply(&full);
+    }
+
+    // 6100 more Services: 16400 hairpin pairs > 16384.
+    for (_, objects) in many(6100, 2100) {
+        for o in objects {
+            store.apply(SourceEvent::Apply(o));
+        }
+    }
+    let (_, after, _) = contributions(&mut store, &config);
+    let changes = after
+        .iter()
+        .filter(|(k, _)| !before.contains_key(*k))
+        .map(|(k, c)| Change {
+            key: k.clone(),
+            old: None,
+            new: Some(c.clone()),
+        })
+        .collect();
+    assert!(programmed.update(changes).full);
 }

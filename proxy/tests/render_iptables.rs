@@ -302,7 +302,7 @@ fn slice(name: &str, ips: &[&str]) -> Object {
             .map(|ip| {
                 let mut e = Endpoint::new(ip.parse().unwrap());
                 e.set_locality(Some("node-a"), None);
-                Arc::new(e)
+                e
             })
             .collect(),
     }))

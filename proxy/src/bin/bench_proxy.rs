@@ -5,10 +5,11 @@
 //! itself under `ip netns exec` in a fresh network namespace (`svp-bench-<pid>-<N>`, deleted by a
 //! drop guard on every exit path of the parent, Ctrl-C and SIGTERM included). The child checks
 //! that it really runs in that namespace before touching nft, and measures: the cold start
-//! (contributions + `Programmed::full`, then `Nft::apply` of the full script — the steps of
-//! `Syncer::full`), single-endpoint changes end to end (Store event → snapshot →
+//! (contributions + `Programmed::full`, then `Nft::apply` of the full script and a heap trim —
+//! the steps of `Syncer::full`), single-endpoint changes end to end (Store event → snapshot →
 //! `changes_since` → contributions → `Programmed::update` → `Nft::apply`, the steps of
-//! `Syncer::incremental`), one change of a Service's endpoint count, its own VmRSS/VmHWM after
+//! `Syncer::incremental`, the old contribution recomputed from the last programmed snapshot),
+//! one change of a Service's endpoint count, its own VmRSS/VmHWM after
 //! the cold start, and TCP connect latency to the first and the last Service through the nat
 //! output hook (endpoint addresses on a local interface, listeners on them). It reports one JSON
 //! line; the parent prints the markdown table. A 1-Service run is always added as the baseline.
@@ -528,7 +529,7 @@ impl Bench {
         let merged = self.snapshot.endpoints.get(&key).context("no endpoints")?;
         merged
             .iter()
-            .map(|m| match m.endpoint.ip {
+            .map(|m| match m.endpoint().ip {
                 IpAddr::V4(v4) => Ok(v4),
                 IpAddr::V6(_) => bail!("unexpected IPv6 endpoint"),
             })
@@ -695,7 +696,7 @@ fn slice(i: u32, ips: &[Ipv4Addr]) -> Object {
         }]),
         endpoints: ips
             .iter()
-            .map(|ip| Arc::new(Endpoint::new(IpAddr::V4(*ip))))
+            .map(|ip| Endpoint::new(IpAddr::V4(*ip)))
             .collect(),
     }))
 }

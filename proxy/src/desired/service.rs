@@ -10,8 +10,9 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use svcplane_common::catalog::Snapshot;
 use svcplane_common::model::{
-    Family, IpMode, MergedEndpoint, Protocol, Service, ServicePort, ServiceType,
+    Family, IpMode, MergedEndpoint, ObjectKey, Protocol, Service, ServicePort, ServiceType,
 };
 
 use super::{ProxyConfig, Shared, addr, model_family};
@@ -62,6 +63,10 @@ impl Elements {
         self.0.iter()
     }
 
+    pub fn as_slice(&self) -> &[Element] {
+        &self.0
+    }
+
     pub fn len(&self) -> usize {
         self.0.len()
     }
@@ -103,6 +108,20 @@ pub struct Contribution {
     /// UDP flows the rules create (frontend → backend), and UDP frontends without backends;
     /// what disappears between two contributions is stale conntrack state to delete.
     pub udp: BTreeSet<StaleFlow>,
+}
+
+/// The contribution of the Service `key` in `snapshot` to the table of family `f`; None if it
+/// adds nothing (absent, not proxied, no address of that family).
+pub fn contribution_of(
+    config: &ProxyConfig,
+    snapshot: &Snapshot,
+    key: &ObjectKey,
+    f: NftFamily,
+) -> Option<Arc<Contribution>> {
+    let service = snapshot.services.get(key)?;
+    let endpoints = snapshot.endpoints.get(key).map(|e| &e[..]).unwrap_or(&[]);
+    let c = contribution(service, endpoints, config, f);
+    (!c.elements.is_empty() || !c.chains.is_empty()).then(|| Arc::new(c))
 }
 
 /// Whether svcplane-proxy handles this Service at all.

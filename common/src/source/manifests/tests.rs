@@ -287,11 +287,7 @@ fn check_example_slices(loaded: &Loaded) {
             .iter()
             .all(|e| e.ready && e.serving && !e.terminating)
     );
-    assert!(
-        web.endpoints
-            .iter()
-            .all(|e| e.node_name().is_some())
-    );
+    assert!(web.endpoints.iter().all(|e| e.node_name().is_some()));
     let pod_ips: Vec<String> = loaded
         .objects
         .iter()
