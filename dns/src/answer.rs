@@ -398,7 +398,7 @@ impl<'a> Builder<'a> {
             return self.cname(target, hops);
         }
         if s.service.headless {
-            if s.usable.is_empty() {
+            if s.usable_len() == 0 {
                 return self.nxdomain();
             }
             let mut seen = Vec::new();
@@ -468,7 +468,7 @@ impl<'a> Builder<'a> {
                 .ports
                 .iter()
                 .any(|p| *p.name == *port && p.protocol == protocol);
-        if !exists || (s.service.headless && s.usable.is_empty()) {
+        if !exists || (s.service.headless && (s.usable_len() == 0)) {
             return self.nxdomain();
         }
         if self.wants(TYPE_SRV) {

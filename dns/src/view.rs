@@ -6,6 +6,9 @@
 //! and published through an `ArcSwap`, so query workers read it without locks; copy-on-write maps
 //! make each publication O(changes).
 
+use std::borrow::Borrow;
+use std::cmp::Ordering;
+use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -14,6 +17,9 @@ use svcplane_common::cowmap::CowMap;
 use svcplane_common::model::{MergedEndpoint, ObjectKey, Service, ServiceType};
 
 use crate::name::{Name, dashed};
+
+mod reverse;
+pub use reverse::{PtrTarget, PtrTargets, Reverse};
 
 /// Settings the view needs.
 #[derive(Debug, Clone)]
@@ -32,37 +38,62 @@ pub struct ServiceDns {
     pub external: Option<Name>,
     /// All endpoints of the Service, as the catalog merged them.
     pub endpoints: Arc<[MergedEndpoint]>,
-    /// Indexes into `endpoints` of those DNS publishes (ready, or every one with
-    /// `publishNotReadyAddresses`), sorted by (hostname, address) for binary search.
-    pub usable: Box<[u32]>,
+    /// The endpoints DNS publishes (ready, or every one with `publishNotReadyAddresses`),
+    /// sorted by (hostname, address) for binary search.
+    pub usable: Usable,
+}
+
+/// Which endpoints a Service publishes, in (hostname, address) order.
+#[derive(Debug, Clone)]
+pub enum Usable {
+    /// All of them, in the merged order (the usual case: no hostnames, all ready); nothing is
+    /// allocated.
+    All,
+    /// These indexes into `endpoints`.
+    Some(Box<[u32]>),
 }
 
 impl ServiceDns {
+    /// How many endpoints are published.
+    pub fn usable_len(&self) -> usize {
+        match &self.usable {
+            Usable::All => self.endpoints.len(),
+            Usable::Some(indexes) => indexes.len(),
+        }
+    }
+
+    /// Index into `endpoints` of the `k`-th published endpoint.
+    fn usable_at(&self, k: usize) -> u32 {
+        match &self.usable {
+            Usable::All => k as u32,
+            Usable::Some(indexes) => indexes[k],
+        }
+    }
+
+    pub fn usable_indexes(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..self.usable_len()).map(|k| self.usable_at(k))
+    }
+
     pub fn usable(&self) -> impl Iterator<Item = &MergedEndpoint> {
-        self.usable.iter().map(|i| &self.endpoints[*i as usize])
+        self.usable_indexes().map(|i| &self.endpoints[i as usize])
     }
 
     /// Usable endpoints whose DNS label (hostname, or dashed address without one) is `label`.
     pub fn endpoints_labelled<'a>(&'a self, label: &str) -> Vec<&'a MergedEndpoint> {
-        let key = |i: &u32| {
-            let e = self.endpoints[*i as usize].endpoint();
+        let key = |k: usize| {
+            let e = self.endpoints[self.usable_at(k) as usize].endpoint();
             (e.hostname.as_deref(), e.ip)
         };
         let mut out = Vec::new();
-        let start = self.usable.partition_point(|i| key(i).0 < Some(label));
-        for i in self.usable[start..]
-            .iter()
-            .take_while(|i| key(i).0 == Some(label))
-        {
-            out.push(&self.endpoints[*i as usize]);
+        let len = self.usable_len();
+        let start = partition_point(len, |k| key(k).0 < Some(label));
+        for k in (start..len).take_while(|k| key(*k).0 == Some(label)) {
+            out.push(&self.endpoints[self.usable_at(k) as usize]);
         }
         if let Some(ip) = crate::name::parse_dashed(label.as_bytes()) {
-            let start = self.usable.partition_point(|i| key(i) < (None, ip));
-            for i in self.usable[start..]
-                .iter()
-                .take_while(|i| key(i) == (None, ip))
-            {
-                out.push(&self.endpoints[*i as usize]);
+            let start = partition_point(len, |k| key(k) < (None, ip));
+            for k in (start..len).take_while(|k| key(*k) == (None, ip)) {
+                out.push(&self.endpoints[self.usable_at(k) as usize]);
             }
         }
         out
@@ -78,31 +109,78 @@ impl ServiceDns {
     }
 }
 
+/// A (namespace, name) pair, owned ([`ObjectKey`]) or borrowed (`(&str, &str)`), so that the
+/// per-query Service lookup borrows the query's labels instead of allocating a key. Hashing and
+/// ordering match `ObjectKey`'s derived ones (namespace, then name).
+pub trait NsName {
+    fn ns_name(&self) -> (&str, &str);
+}
+
+impl NsName for ObjectKey {
+    fn ns_name(&self) -> (&str, &str) {
+        (&self.namespace, &self.name)
+    }
+}
+
+impl NsName for (&str, &str) {
+    fn ns_name(&self) -> (&str, &str) {
+        *self
+    }
+}
+
+impl<'a> Borrow<dyn NsName + 'a> for ObjectKey {
+    fn borrow(&self) -> &(dyn NsName + 'a) {
+        self
+    }
+}
+
+impl Hash for dyn NsName + '_ {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let (namespace, name) = self.ns_name();
+        namespace.hash(state);
+        name.hash(state);
+    }
+}
+
+impl PartialEq for dyn NsName + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.ns_name() == other.ns_name()
+    }
+}
+
+impl Eq for dyn NsName + '_ {}
+
+impl PartialOrd for dyn NsName + '_ {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for dyn NsName + '_ {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.ns_name().cmp(&other.ns_name())
+    }
+}
+
 /// What query workers read.
 #[derive(Debug, Clone, Default)]
 pub struct View {
     /// The catalog generation this view reflects.
     pub generation: u64,
     pub synced: bool,
-    /// Keyed by `<svc>.<ns>`.
-    pub services: CowMap<Arc<str>, Arc<ServiceDns>>,
+    /// Keyed by the Service's key, looked up with borrowed names (see [`NsName`]).
+    pub services: CowMap<ObjectKey, Arc<ServiceDns>>,
     /// Number of Services per namespace (a namespace with Services exists in DNS).
     pub namespace_services: CowMap<Arc<str>, u32>,
     /// PTR targets per address: ClusterIPs and endpoint addresses.
-    pub reverse: CowMap<IpAddr, PtrTargets>,
+    pub reverse: Reverse,
     pub snapshot: Arc<Snapshot>,
 }
 
 impl View {
-    /// The Service `<name>.<namespace>`; the key is built on the stack (this runs per query).
+    /// The Service `<name>.<namespace>`, found without building a key (this runs per query).
     pub fn service(&self, namespace: &str, name: &str) -> Option<&Arc<ServiceDns>> {
-        let mut buf = [0u8; 256];
-        let len = name.len() + 1 + namespace.len();
-        let key = buf.get_mut(..len)?;
-        key[..name.len()].copy_from_slice(name.as_bytes());
-        key[name.len()] = b'.';
-        key[name.len() + 1..].copy_from_slice(namespace.as_bytes());
-        self.services.get(std::str::from_utf8(key).ok()?)
+        self.services.get(&(namespace, name) as &dyn NsName)
     }
 
     pub fn namespace_exists(&self, namespace: &str) -> bool {
@@ -146,11 +224,10 @@ impl ViewBuilder {
     }
 
     fn rebuild(&mut self, snapshot: &Snapshot, key: &ObjectKey) {
-        let map_key: Arc<str> = format!("{}.{}", key.name, key.namespace).into();
-        if let Some(old) = self.view.services.remove(&map_key) {
+        if let Some(old) = self.view.services.remove(key) {
             self.count_namespace(&key.namespace, false);
             for (ip, _) in ptr_entries(&old) {
-                self.withdraw(ip, key);
+                self.view.reverse.withdraw(ip, key);
             }
         }
         let Some(service) = snapshot.services.get(key) else {
@@ -167,9 +244,9 @@ impl ViewBuilder {
         };
         let entry = Arc::new(entry);
         for (ip, target) in ptr_entries(&entry) {
-            self.publish(ip, target);
+            self.view.reverse.publish(ip, target);
         }
-        self.view.services.insert(map_key, entry);
+        self.view.services.insert(key.clone(), entry);
         self.count_namespace(&key.namespace, true);
     }
 
@@ -182,88 +259,20 @@ impl ViewBuilder {
             self.view.namespace_services.insert(ns.clone(), n);
         }
     }
+}
 
-    fn publish(&mut self, ip: IpAddr, target: PtrTarget) {
-        let mut targets: Vec<PtrTarget> = self
-            .view
-            .reverse
-            .get(&ip)
-            .map(|t| t.to_vec())
-            .unwrap_or_default();
-        targets.push(target);
-        targets.sort_by(|a, b| a.service.fqdn.wire().cmp(b.service.fqdn.wire()));
-        self.view.reverse.insert(ip, PtrTargets::from(targets));
-    }
-
-    /// Removes the PTR targets `service` contributed for `ip`.
-    fn withdraw(&mut self, ip: IpAddr, service: &ObjectKey) {
-        let Some(targets) = self.view.reverse.get(&ip) else {
-            return;
-        };
-        let rest: Vec<PtrTarget> = targets
-            .iter()
-            .filter(|t| t.service.service.key != *service)
-            .cloned()
-            .collect();
-        if rest.is_empty() {
-            self.view.reverse.remove(&ip);
+/// The first `k` in `0..len` for which `pred` is false (`pred` true on a prefix).
+fn partition_point(len: usize, pred: impl Fn(usize) -> bool) -> usize {
+    let (mut lo, mut hi) = (0, len);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if pred(mid) {
+            lo = mid + 1;
         } else {
-            self.view.reverse.insert(ip, PtrTargets::from(rest));
+            hi = mid;
         }
     }
-}
-
-/// What a PTR record names: a Service (its ClusterIP) or one of its endpoints. The name is
-/// built when asked: storing 250k endpoint names would cost more than building the few that
-/// PTR queries need.
-#[derive(Debug, Clone)]
-pub struct PtrTarget {
-    pub service: Arc<ServiceDns>,
-    /// Index into `service.endpoints`; None for a ClusterIP.
-    pub endpoint: Option<u32>,
-}
-
-impl PtrTarget {
-    /// `<svc>.<ns>.svc.<zone>` or `<hostname>.<svc>.<ns>.svc.<zone>`.
-    pub fn name(&self) -> Option<Name> {
-        match self.endpoint {
-            None => Some(self.service.fqdn.clone()),
-            Some(i) => {
-                let e = self.service.endpoints.get(i as usize)?;
-                self.service.endpoint_name(e)
-            }
-        }
-    }
-}
-
-/// The PTR targets of one address: almost always one, so that case is held inline.
-#[derive(Debug, Clone)]
-pub enum PtrTargets {
-    One(PtrTarget),
-    /// Several Services claim the address, sorted by Service name.
-    Many(Arc<[PtrTarget]>),
-}
-
-impl From<Vec<PtrTarget>> for PtrTargets {
-    fn from(mut targets: Vec<PtrTarget>) -> Self {
-        match targets.len() {
-            1 => targets
-                .pop()
-                .map_or_else(|| Self::Many(Arc::new([])), Self::One),
-            _ => Self::Many(targets.into()),
-        }
-    }
-}
-
-impl std::ops::Deref for PtrTargets {
-    type Target = [PtrTarget];
-
-    fn deref(&self) -> &[PtrTarget] {
-        match self {
-            Self::One(t) => std::slice::from_ref(t),
-            Self::Many(ts) => ts,
-        }
-    }
+    lo
 }
 
 /// The DNS entry of one Service; None if its name does not fit in DNS.
@@ -293,12 +302,18 @@ fn build(
         );
         (a.hostname.as_deref(), a.ip).cmp(&(b.hostname.as_deref(), b.ip))
     });
+    let identity = usable.iter().enumerate().all(|(k, i)| k == *i as usize);
+    let usable = if identity && usable.len() == endpoints.len() {
+        Usable::All
+    } else {
+        Usable::Some(usable.into())
+    };
     Some(ServiceDns {
         service,
         fqdn,
         external,
         endpoints,
-        usable: usable.into(),
+        usable,
     })
 }
 
@@ -306,18 +321,15 @@ fn build(
 /// for every Service type) each usable endpoint address → `<hostname>.<svc>.<ns>.svc.<zone>`;
 /// one target per address.
 fn ptr_entries(entry: &Arc<ServiceDns>) -> Vec<(IpAddr, PtrTarget)> {
-    let target = |endpoint| PtrTarget {
-        service: entry.clone(),
-        endpoint,
-    };
     let mut out: Vec<(IpAddr, PtrTarget)> = entry
         .service
         .cluster_ips
         .iter()
-        .map(|ip| (*ip, target(None)))
+        .map(|ip| (*ip, PtrTarget::cluster_ip(entry.clone())))
         .collect();
-    for &i in entry.usable.iter() {
-        out.push((entry.endpoints[i as usize].endpoint().ip, target(Some(i))));
+    for i in entry.usable_indexes() {
+        let target = PtrTarget::endpoint(entry.clone(), i);
+        out.push((entry.endpoints[i as usize].endpoint().ip, target));
     }
     out.sort_by_key(|(ip, _)| *ip);
     out.dedup_by_key(|(ip, _)| *ip);
