@@ -21,6 +21,31 @@ pub fn runtime() -> io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
+/// [`runtime`] with every thread at niceness `nice` (0–19): for a process whose latency-critical
+/// work runs on threads of its own (svcplane-dns's query workers), so that bookkeeping — polling
+/// manifests, rebuilding the view, metrics — yields the core to them at once instead of holding
+/// it for a scheduler slice. The runtime still gets the CPU the workers leave.
+pub fn background_runtime(nice: i32) -> io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .on_thread_start(move || lower_priority(nice))
+        .build()
+}
+
+/// Sets the calling thread's niceness (Linux: per thread); failures leave it unchanged.
+fn lower_priority(nice: i32) {
+    #[allow(
+        unsafe_code,
+        reason = "gettid and setpriority take plain integers and change only this thread's nice"
+    )]
+    // SAFETY: both calls take no pointers; on Linux PRIO_PROCESS with a tid targets one thread.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice.clamp(0, 19));
+    }
+}
+
 /// Hands memory the allocator holds but no longer uses back to the kernel.
 ///
 /// glibc's malloc keeps freed memory for reuse, so after a large load (parsing a big catalog's

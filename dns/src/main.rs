@@ -8,7 +8,9 @@ use svcplane_dns::app::{self, Args};
 fn main() -> Result<()> {
     process::init_tracing();
     let args = Args::parse();
-    let runtime = process::runtime().context("starting the async runtime")?;
+    // The query workers are threads of their own at normal priority; everything on the runtime
+    // (sources, view updates, forwarding, HTTP) yields the core to them.
+    let runtime = process::background_runtime(10).context("starting the async runtime")?;
     runtime.block_on(async {
         let lameduck = args.lameduck;
         let running = app::start(args).await?;
