@@ -9,7 +9,8 @@
 //! `Apply`/`Delete` for exactly the objects that changed. A bad document is reported as a
 //! [`Problem`] (file, 1-based document index, line, kind/namespace/name, field) and skipped; the
 //! object it defined keeps its last good version, and a file that does not parse at all keeps all
-//! of its objects. When two files define the same object, the later file in path order wins.
+//! of its objects. When two files define the same object, the later file in path order wins; the
+//! merged view is updated per changed file, at a cost proportional to that file (`merged`).
 //!
 //! Changes are found by polling every [`DEFAULT_POLL_INTERVAL`] (250 ms) rather than with inotify
 //! (`notify`): polling sees through what inotify misses or reports awkwardly — editors that save
@@ -18,12 +19,17 @@
 //! (size, mtime, ctime, inode) is applied once two polls in a row agree, so a half-written file is
 //! not read: changes take effect within about 3 intervals (750 ms).
 
+mod merged;
 mod parse;
 mod scan;
 mod state;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_bench;
+#[cfg(test)]
+mod tests_merge;
 #[cfg(test)]
 mod tests_watch;
 

@@ -12,11 +12,22 @@ use crate::convert::{self, Identity};
 use crate::model::{Object, ObjectKey, ObjectRef};
 
 /// Where an object sits in its file: the 1-based document index and, for `List` items, the
-/// 0-based item index.
+/// 0-based item index plus one (0: not a list item), so that slots order as in the file. Two
+/// `u32`s keep a file's `(Slot, Object)` entries at 24 bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(super) struct Slot {
-    pub document: usize,
-    pub item: Option<usize>,
+    document: u32,
+    item: u32,
+}
+
+impl Slot {
+    pub(super) fn new(document: usize, item: Option<usize>) -> Slot {
+        let narrow = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        Slot {
+            document: narrow(document),
+            item: item.map_or(0, |i| narrow(i).saturating_add(1)),
+        }
+    }
 }
 
 /// A raw document of a file.
@@ -174,10 +185,7 @@ fn fill_type(mut item: Value, api_version: Option<&str>, kind: &str) -> Value {
 }
 
 fn convert_one(path: &Path, doc: &Document, item: Option<usize>, value: Value, out: &mut Parsed) {
-    let slot = Slot {
-        document: doc.index,
-        item,
-    };
+    let slot = Slot::new(doc.index, item);
     let identity = Identity::of(&value);
     match convert::from_json(value) {
         Ok(Some(object)) => out.objects.push((slot, object)),

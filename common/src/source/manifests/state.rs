@@ -1,5 +1,11 @@
 //! What the manifests source knows: every file's last good objects, the merged view across files
-//! (last file in path order wins), and how a poll turns settled file changes into events.
+//! (last file in path order wins; see [`super::merged`]), and how a poll turns settled file
+//! changes into events.
+//!
+//! A file's objects are kept as `(Slot, Object)` pairs in file order (24 bytes each; the objects
+//! are shared with the merged view). A settled change reloads the file and hands its old and new
+//! objects to [`Merged::update`], which resolves only those keys again; the poll's events are
+//! the net change of the keys it touched.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -8,16 +14,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use super::merged::{Changes, FileId, FileTable, Merged};
 use super::parse::{self, Slot};
 use super::scan::{self, Stamp};
 use super::{ManifestStats, Problem, ProblemError};
 use crate::model::{Kind, Object, ObjectKey, ObjectRef};
 use crate::source::SourceEvent;
 
-type Merged = BTreeMap<(Kind, ObjectKey), Object>;
+// A file's objects cost 24 bytes each besides the objects themselves.
+const _: () = assert!(size_of::<(Slot, Object)>() == 24);
 
 /// One loaded file.
 struct FileState {
+    id: FileId,
     stamp: Stamp,
     /// Hash of the content last parsed (an unchanged content is not parsed again).
     content: Option<u64>,
@@ -27,10 +36,59 @@ struct FileState {
     problems: Vec<Problem>,
 }
 
+/// The loaded files by path, and the path of each [`FileId`].
+#[derive(Default)]
+struct Files {
+    by_path: BTreeMap<PathBuf, FileState>,
+    /// By id; `None` for a free id.
+    paths: Vec<Option<PathBuf>>,
+    free: Vec<FileId>,
+}
+
+impl Files {
+    /// An id for a file that appeared.
+    fn allocate(&mut self, path: &Path) -> FileId {
+        if let Some(id) = self.free.pop() {
+            self.paths[id.0 as usize] = Some(path.into());
+            return id;
+        }
+        self.paths.push(Some(path.into()));
+        FileId(u32::try_from(self.paths.len() - 1).unwrap_or(u32::MAX))
+    }
+
+    /// Frees the id of a file that is gone.
+    fn release(&mut self, id: FileId) {
+        if let Some(path) = self.paths.get_mut(id.0 as usize) {
+            *path = None;
+            self.free.push(id);
+        }
+    }
+
+    fn path(&self, id: FileId) -> Option<&PathBuf> {
+        self.paths.get(id.0 as usize)?.as_ref()
+    }
+}
+
+impl FileTable for Files {
+    fn is_after(&self, a: FileId, b: FileId) -> bool {
+        self.path(a) > self.path(b)
+    }
+
+    fn definition(&self, id: FileId, kind: Kind, key: &ObjectKey) -> Option<Object> {
+        let file = self.by_path.get(self.path(id)?)?;
+        let (_, object) = file
+            .objects
+            .iter()
+            .rev()
+            .find(|(_, o)| o.kind() == kind && o.key() == *key)?;
+        Some(object.clone())
+    }
+}
+
 /// The manifests source's state between polls.
 pub(super) struct State {
     roots: Vec<PathBuf>,
-    files: BTreeMap<PathBuf, FileState>,
+    files: Files,
     /// Files whose stamp differs from the loaded one, with the stamp seen at the last poll
     /// (`None`: absent). A change is applied once two polls in a row see the same stamp.
     pending: HashMap<PathBuf, Option<Stamp>>,
@@ -43,36 +101,40 @@ impl State {
     pub(super) fn load(roots: Vec<PathBuf>, stats: Arc<ManifestStats>) -> State {
         let mut state = State {
             roots,
-            files: BTreeMap::new(),
+            files: Files::default(),
             pending: HashMap::new(),
-            merged: Merged::new(),
+            merged: Merged::default(),
             stats,
         };
         for (path, stamp) in scan::scan(&state.roots) {
-            state.reload(&path, Some(stamp));
+            state.reload(&path, Some(stamp), None);
         }
-        state.merged = state.merge();
         state.update_gauge();
         state
     }
 
-    /// The merged objects of one kind.
+    /// The merged objects of one kind, by namespace/name.
     pub(super) fn objects_of(&self, kind: Kind) -> Vec<Object> {
-        self.merged
-            .range((kind, ObjectKey::new("", ""))..)
-            .take_while(|((k, _), _)| *k == kind)
-            .map(|(_, o)| o.clone())
-            .collect()
+        self.merged.objects_of(kind)
     }
 
-    /// Every merged object.
+    /// Every merged object, by kind then namespace/name.
     pub(super) fn objects(&self) -> Vec<Object> {
-        self.merged.values().cloned().collect()
+        let mut kinds = Kind::ALL;
+        kinds.sort_unstable();
+        kinds.iter().flat_map(|k| self.objects_of(*k)).collect()
+    }
+
+    /// The merged view (for tests).
+    #[cfg(test)]
+    pub(super) fn merged(&self) -> &Merged {
+        &self.merged
     }
 
     /// Every current problem, by file in path order.
     pub(super) fn problems(&self) -> Vec<Problem> {
         self.files
+            .by_path
             .values()
             .flat_map(|f| f.problems.iter().cloned())
             .collect()
@@ -82,84 +144,97 @@ impl State {
     /// the objects that changed.
     pub(super) fn poll(&mut self) -> Vec<SourceEvent> {
         let seen = scan::scan(&self.roots);
-        let paths: HashSet<PathBuf> = seen.keys().chain(self.files.keys()).cloned().collect();
+        let known = self.files.by_path.keys();
+        let paths: HashSet<PathBuf> = seen.keys().chain(known).cloned().collect();
+        let mut changes = Changes::default();
         let mut changed = false;
         for path in paths {
             let now = seen.get(&path).copied();
-            if now == self.files.get(&path).map(|f| f.stamp) {
+            if now == self.files.by_path.get(&path).map(|f| f.stamp) {
                 self.pending.remove(&path);
                 continue;
             }
             if self.pending.get(&path) == Some(&now) {
                 self.pending.remove(&path);
-                changed |= self.reload(&path, now);
+                changed |= self.reload(&path, now, Some(&mut changes));
             } else {
                 self.pending.insert(path, now);
             }
         }
+        let files = &self.files.by_path;
         self.pending
-            .retain(|p, _| seen.contains_key(p) || self.files.contains_key(p));
+            .retain(|p, _| seen.contains_key(p) || files.contains_key(p));
         if !changed {
             return Vec::new();
         }
         self.update_gauge();
-        let merged = self.merge();
-        let events = diff(&self.merged, &merged);
-        self.merged = merged;
-        events
+        changes.events(&self.merged)
     }
 
-    /// Reloads one file (`None`: it is gone). Returns whether its objects may have changed.
-    fn reload(&mut self, path: &Path, stamp: Option<Stamp>) -> bool {
+    /// Reloads one file (`None`: it is gone) and updates the merged view, recording in `changes`
+    /// what that changed. Returns whether the file's objects or problems may have changed.
+    fn reload(&mut self, path: &Path, stamp: Option<Stamp>, changes: Option<&mut Changes>) -> bool {
         self.stats.reloads_total.fetch_add(1, Ordering::Relaxed);
+        let previous = self.files.by_path.remove(path);
         let Some(stamp) = stamp else {
             tracing::info!(file = %path.display(), "manifest file removed");
-            return self.files.remove(path).is_some();
+            let Some(gone) = previous else {
+                return false;
+            };
+            self.merged
+                .update(gone.id, &gone.objects, &[], &self.files, changes);
+            self.files.release(gone.id);
+            return true;
         };
-        let previous = self.files.remove(path);
         let text = std::fs::read(path).map_err(|e| ProblemError::Read(e.to_string()));
         let content = text.as_ref().ok().map(|t| hash(t));
-        let mut previous_objects = Vec::new();
-        if let Some(prev) = previous {
-            if content.is_some() && prev.content == content {
-                self.files.insert(path.into(), FileState { stamp, ..prev });
+        let (id, old) = match previous {
+            Some(prev) if content.is_some() && prev.content == content => {
+                let unchanged = FileState { stamp, ..prev };
+                self.files.by_path.insert(path.into(), unchanged);
                 return false;
             }
-            previous_objects = prev.objects;
-        }
-        let (objects, problems) = self.parse(path, text, previous_objects);
+            Some(prev) => (prev.id, prev.objects),
+            None => (self.files.allocate(path), Vec::new()),
+        };
+        let (objects, problems) = self.parse(path, text, &old);
         self.report(&problems);
-        self.files.insert(
-            path.into(),
-            FileState {
-                stamp,
-                content,
-                objects,
-                problems,
-            },
-        );
+        let objects = match objects {
+            Some(new) => {
+                self.merged.update(id, &old, &new, &self.files, changes);
+                new
+            }
+            None => old,
+        };
+        let state = FileState {
+            id,
+            stamp,
+            content,
+            objects,
+            problems,
+        };
+        self.files.by_path.insert(path.into(), state);
         true
     }
 
+    /// A file's new objects (`None`: it does not parse, so it keeps its `old` ones) and problems.
     fn parse(
         &self,
         path: &Path,
         text: Result<Vec<u8>, ProblemError>,
-        previous: Vec<(Slot, Object)>,
-    ) -> (Vec<(Slot, Object)>, Vec<Problem>) {
+        old: &[(Slot, Object)],
+    ) -> (Option<Vec<(Slot, Object)>>, Vec<Problem>) {
         let parsed = text.and_then(|t| {
             let text = String::from_utf8(t).map_err(|_| ProblemError::NotUtf8)?;
             parse::parse_file(path, &text)
         });
         match parsed {
             Ok(parsed) => {
-                let objects = keep_last_good(parsed.objects, &parsed.rejected, &previous);
-                (objects, parsed.problems)
+                let mut objects = keep_last_good(parsed.objects, &parsed.rejected, old);
+                objects.shrink_to_fit();
+                (Some(objects), parsed.problems)
             }
-            Err(error) => {
-                let problem = Problem::whole_file(path, error);
-                (previous, vec![problem])
-            }
+            Err(error) => (None, vec![Problem::whole_file(path, error)]),
         }
     }
 
@@ -171,22 +246,16 @@ impl State {
     }
 
     fn update_gauge(&self) {
-        let current = self.files.values().map(|f| f.problems.len()).sum::<usize>();
+        let current = self
+            .files
+            .by_path
+            .values()
+            .map(|f| f.problems.len())
+            .sum::<usize>();
         let current = u64::try_from(current).unwrap_or(u64::MAX);
         self.stats
             .problems_current
             .store(current, Ordering::Relaxed);
-    }
-
-    /// Merges every file's objects: later files (in path order) override earlier ones.
-    fn merge(&self) -> Merged {
-        let mut merged = Merged::new();
-        for file in self.files.values() {
-            for (_, object) in &file.objects {
-                merged.insert((object.kind(), object.key()), object.clone());
-            }
-        }
-        merged
     }
 }
 
@@ -217,25 +286,4 @@ fn keep_last_good(
     }
     objects.sort_by_key(|(slot, _)| *slot);
     objects
-}
-
-/// The events that turn `old` into `new`: Apply for new or changed objects, then Delete.
-fn diff(old: &Merged, new: &Merged) -> Vec<SourceEvent> {
-    let mut events = Vec::new();
-    for kind in Kind::ALL {
-        for ((k, _), object) in new.iter().filter(|((k, _), _)| *k == kind) {
-            let key = (*k, object.key());
-            if old.get(&key) != Some(object) {
-                events.push(SourceEvent::Apply(object.clone()));
-            }
-        }
-    }
-    for kind in Kind::ALL.iter().rev() {
-        for ((k, key), object) in old.iter().filter(|((k, _), _)| k == kind) {
-            if !new.contains_key(&(*k, key.clone())) {
-                events.push(SourceEvent::Delete(object.object_ref()));
-            }
-        }
-    }
-    events
 }
