@@ -1,8 +1,8 @@
 //! `svcplane-bench-dns`: the DNS benchmark. It owns, for each catalog size: generating the
 //! manifests ([`svcplane_tests::r#gen`]), starting the release `svcplane-dns` pinned to CPU 1
-//! with one UDP worker, timing its startup to `/ready`, measuring the maximum query rate with
-//! `dnsperf` pinned to CPU 0, latency percentiles at half that rate with its own open-loop UDP
-//! client (also on CPU 0), memory (VmRSS/VmHWM) after load and across a full reload of every
+//! (`--server-cpu`) with one UDP worker, timing its startup to `/ready`, measuring the maximum
+//! query rate with `dnsperf` pinned to the other CPU, latency percentiles at half that rate with
+//! its own open-loop UDP client (also on the other CPU), memory (VmRSS/VmHWM) after load and across a full reload of every
 //! manifest file, and change→answer latency (from a file write, and the server's own histogram).
 //! Each load run also reports the server's and the client's CPU use and run-queue wait (from
 //! `schedstat`), kernel socket drops and latency stalls, so that contention from other work on
@@ -18,6 +18,7 @@ use std::io::{self, Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -33,14 +34,26 @@ const PROGRAMMING_METRIC: &str = "svcplane_dns_programming_duration_seconds";
 const TARGETS: &str = "Targets (printed, not asserted): ≥150k qps on one core for cluster names; \
 p99 < 1 ms at half that load; RSS < 100 MB at 50k Services/250k endpoints; change → answer < 10 ms.";
 
+/// The CPU the server runs on (`--server-cpu`); the bench's clients use the other one.
+static SERVER_CPU: AtomicU32 = AtomicU32::new(1);
+
+fn server_cpu() -> u32 {
+    SERVER_CPU.load(Ordering::Relaxed)
+}
+
+fn client_cpu() -> u32 {
+    1 - server_cpu()
+}
+
 fn main() -> Result<()> {
     let options = Options::parse(std::env::args().skip(1))?;
     let server_bin = server_binary()?;
     require_tool("taskset")?;
     require_tool("dnsperf")?;
     // Pinned before any thread starts: every thread of the bench (the latency client) inherits
-    // CPU 0, and the server is pinned to CPU 1.
-    pin_self(0)?;
+    // the client CPU, and the server is pinned to the other one.
+    SERVER_CPU.store(options.server_cpu, Ordering::Relaxed);
+    pin_self(client_cpu())?;
     eprintln!("load before the run: {}", load_average());
     let mut rows = Vec::new();
     for size in &options.sizes {
@@ -57,7 +70,7 @@ fn main() -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 
 const USAGE: &str = "usage: svcplane-bench-dns [--sizes 10000x5,50000x5] [--duration SECONDS] \
-[--changes N] [--wait-idle SECONDS] [--out-dir DIR]
+[--changes N] [--wait-idle SECONDS] [--out-dir DIR] [--server-cpu 1]
 
 Before each load run the bench waits up to --wait-idle seconds (default 120, 0: not at all) for
 both CPUs to be idle, since other work on the machine skews rates and tails.";
@@ -65,6 +78,8 @@ both CPUs to be idle, since other work on the machine skews rates and tails.";
 #[derive(Debug)]
 struct Options {
     sizes: Vec<Size>,
+    /// The CPU the server is pinned to (0 or 1); the clients get the other.
+    server_cpu: u32,
     duration: u64,
     changes: usize,
     wait_idle: Duration,
@@ -88,6 +103,7 @@ impl Options {
     fn parse(mut args: impl Iterator<Item = String>) -> Result<Options> {
         let mut options = Options {
             sizes: parse_sizes("10000x5,50000x5")?,
+            server_cpu: 1,
             duration: 10,
             changes: 20,
             wait_idle: Duration::from_secs(120),
@@ -109,6 +125,10 @@ impl Options {
                     options.wait_idle = Duration::from_secs(value.parse().context("--wait-idle")?)
                 }
                 "--out-dir" => options.out_dir = Some(value.into()),
+                "--server-cpu" => {
+                    options.server_cpu = value.parse().context("--server-cpu")?;
+                    ensure!(options.server_cpu <= 1, "--server-cpu is 0 or 1");
+                }
                 _ => bail!("unknown flag {flag}\n{USAGE}"),
             }
         }
@@ -602,7 +622,7 @@ impl Server {
         let [dns, health, metrics] = free_ports()?;
         let log_file = File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let child = Command::new("taskset")
-            .args(["-c", "1"])
+            .args(["-c", &server_cpu().to_string()])
             .arg(bin)
             .arg("--manifests")
             .arg(manifests)
@@ -789,7 +809,8 @@ fn run_dnsperf(server: &Server, file: &Path, secs: u64, label: &str) -> Result<D
 
 fn dnsperf(dns: SocketAddr, file: &Path, secs: u64) -> Result<Dnsperf> {
     let output = Command::new("taskset")
-        .args(["-c", "0", "dnsperf", "-s", "127.0.0.1"])
+        .args(["-c", &client_cpu().to_string()])
+        .args(["dnsperf", "-s", "127.0.0.1"])
         .args(["-p", &dns.port().to_string()])
         .arg("-d")
         .arg(file)
@@ -1173,8 +1194,10 @@ fn report(options: &Options, rows: &[Row]) -> String {
     let _ = writeln!(out, "\n## svcplane-dns benchmark\n");
     let _ = writeln!(
         out,
-        "dnsperf and the latency client on CPU 0; svcplane-dns on CPU 1 with --udp-workers 1; \
+        "dnsperf and the latency client on CPU {}; svcplane-dns on CPU {} with --udp-workers 1; \
 {} s per run; query mix: 40% A ClusterIP, 10% SRV, 10% A headless, 40% NXDOMAIN search-path expansions.\n",
+        client_cpu(),
+        server_cpu(),
         options.duration
     );
     let _ = writeln!(
