@@ -231,6 +231,7 @@ impl State {
         match parsed {
             Ok(parsed) => {
                 let mut objects = keep_last_good(parsed.objects, &parsed.rejected, old);
+                reuse_unchanged(&mut objects, old);
                 objects.shrink_to_fit();
                 (Some(objects), parsed.problems)
             }
@@ -263,6 +264,25 @@ fn hash(bytes: &[u8]) -> u64 {
     let mut hasher = DefaultHasher::new();
     bytes.hash(&mut hasher);
     hasher.finish()
+}
+
+/// Replaces each new object that equals the file's previous version of it by that previous
+/// `Arc`. The catalog keeps the copy it already has when an object comes back unchanged, so
+/// without this a rewrite of every file (a ConfigMap update, a `kubectl apply` of everything)
+/// would leave the source holding a second copy of every object.
+fn reuse_unchanged(objects: &mut [(Slot, Object)], previous: &[(Slot, Object)]) {
+    if previous.is_empty() {
+        return;
+    }
+    let by_ref: HashMap<ObjectRef, &Object> =
+        previous.iter().map(|(_, o)| (o.object_ref(), o)).collect();
+    for (_, object) in objects.iter_mut() {
+        if let Some(old) = by_ref.get(&object.object_ref())
+            && **old == *object
+        {
+            *object = (*old).clone();
+        }
+    }
 }
 
 /// The file's new objects, plus, for each rejected document, the last good version of the

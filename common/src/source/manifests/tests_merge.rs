@@ -264,3 +264,37 @@ fn random_changes_match_a_merge_from_scratch_and_a_whole_diff() {
         assert_eq!(events, diff(&before, &expected), "step {step}: the events");
     }
 }
+
+#[test]
+fn rewritten_unchanged_objects_keep_their_shared_copy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    edit(
+        dir.path(),
+        "a.yaml",
+        &services(&[("web", 80), ("db", 5432)]),
+    );
+    let mut state = load(dir.path());
+    let before = state.objects_of(Kind::Service);
+    // Same objects, new bytes: nothing changes, and the source keeps the copies the catalog has.
+    edit(
+        dir.path(),
+        "a.yaml",
+        &services(&[("web", 80), ("db", 5432)]),
+    );
+    assert!(settle(&mut state).is_empty());
+    let after = state.objects_of(Kind::Service);
+    assert_eq!(before.len(), after.len());
+    for (old, new) in before.iter().zip(&after) {
+        let (Object::Service(old), Object::Service(new)) = (old, new) else {
+            panic!("services expected");
+        };
+        assert!(Arc::ptr_eq(old, new), "{} was copied", new.key);
+    }
+    // A changed object is the new copy.
+    edit(
+        dir.path(),
+        "a.yaml",
+        &services(&[("web", 81), ("db", 5432)]),
+    );
+    assert_eq!(settle(&mut state), ["apply shop/web 81"]);
+}
