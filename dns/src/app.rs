@@ -75,11 +75,6 @@ pub struct Args {
     /// Entries in the forwarding cache (0 disables it).
     #[arg(long, default_value_t = 10_000)]
     pub cache_size: usize,
-    /// Run the control plane (sources, view updates, forwarding, HTTP) under SCHED_IDLE instead
-    /// of nice 10, so it never delays a query worker; it then waits whenever the workers (or
-    /// anything else in the same cgroup) keep every CPU busy, and answers may go stale meanwhile.
-    #[arg(long)]
-    pub idle_control_plane: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -10,12 +10,7 @@ fn main() -> Result<()> {
     let args = Args::parse();
     // The query workers are threads of their own at normal priority; everything on the runtime
     // (sources, view updates, forwarding, HTTP) yields the core to them.
-    let priority = if args.idle_control_plane {
-        process::Background::Idle
-    } else {
-        process::Background::Nice(10)
-    };
-    let runtime = process::background_runtime(priority).context("starting the async runtime")?;
+    let runtime = process::background_runtime(10).context("starting the async runtime")?;
     runtime.block_on(async {
         let lameduck = args.lameduck;
         let running = app::start(args).await?;

@@ -264,7 +264,6 @@ fn args(kubeconfig: &Path) -> Args {
         tcp_idle_timeout: Duration::from_secs(10),
         tcp_max_connections: 1024,
         cache_size: 10_000,
-        idle_control_plane: false,
     }
 }
 
