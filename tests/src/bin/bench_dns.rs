@@ -18,6 +18,7 @@ use std::io::{self, Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -37,6 +38,9 @@ p99 < 1 ms at half that load; RSS < 100 MB at 50k Services/250k endpoints; chang
 /// The CPU the server runs on (`--server-cpu`); the bench's clients use the other one.
 static SERVER_CPU: AtomicU32 = AtomicU32::new(1);
 
+/// Extra flags for the server (`--server-flag`).
+static SERVER_FLAGS: OnceLock<Vec<String>> = OnceLock::new();
+
 fn server_cpu() -> u32 {
     SERVER_CPU.load(Ordering::Relaxed)
 }
@@ -53,6 +57,7 @@ fn main() -> Result<()> {
     // Pinned before any thread starts: every thread of the bench (the latency client) inherits
     // the client CPU, and the server is pinned to the other one.
     SERVER_CPU.store(options.server_cpu, Ordering::Relaxed);
+    let _ = SERVER_FLAGS.set(options.server_flags.clone());
     pin_self(client_cpu())?;
     eprintln!("load before the run: {}", load_average());
     let mut rows = Vec::new();
@@ -70,7 +75,7 @@ fn main() -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 
 const USAGE: &str = "usage: svcplane-bench-dns [--sizes 10000x5,50000x5] [--duration SECONDS] \
-[--changes N] [--wait-idle SECONDS] [--out-dir DIR] [--server-cpu 1]
+[--changes N] [--wait-idle SECONDS] [--out-dir DIR] [--server-cpu 1] [--server-flag FLAG]...
 
 Before each load run the bench waits up to --wait-idle seconds (default 120, 0: not at all) for
 both CPUs to be idle, since other work on the machine skews rates and tails.";
@@ -80,6 +85,8 @@ struct Options {
     sizes: Vec<Size>,
     /// The CPU the server is pinned to (0 or 1); the clients get the other.
     server_cpu: u32,
+    /// Extra flags for svcplane-dns (`--server-flag`, repeatable).
+    server_flags: Vec<String>,
     duration: u64,
     changes: usize,
     wait_idle: Duration,
@@ -104,6 +111,7 @@ impl Options {
         let mut options = Options {
             sizes: parse_sizes("10000x5,50000x5")?,
             server_cpu: 1,
+            server_flags: Vec::new(),
             duration: 10,
             changes: 20,
             wait_idle: Duration::from_secs(120),
@@ -125,6 +133,7 @@ impl Options {
                     options.wait_idle = Duration::from_secs(value.parse().context("--wait-idle")?)
                 }
                 "--out-dir" => options.out_dir = Some(value.into()),
+                "--server-flag" => options.server_flags.push(value),
                 "--server-cpu" => {
                     options.server_cpu = value.parse().context("--server-cpu")?;
                     ensure!(options.server_cpu <= 1, "--server-cpu is 0 or 1");
@@ -637,6 +646,7 @@ impl Server {
                 "--lameduck",
                 "0s",
             ])
+            .args(SERVER_FLAGS.get().map_or(&[][..], |f| &f[..]))
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
