@@ -66,8 +66,15 @@ fn loopback_datagrams_carry_kernel_receive_stamps() -> Result<()> {
     let after = rxstamp::now_ns();
     assert_eq!(&buf[..n], b"ping");
     let stamp = stamp.context("no SCM_TIMESTAMPNS message")?;
-    assert!(before <= stamp && stamp <= after, "{before} <= {stamp} <= {after}");
+    assert!(
+        before <= stamp && stamp <= after,
+        "{before} <= {stamp} <= {after}"
+    );
     // Stamped on arrival, not when read 20 ms later.
-    assert!(after - stamp >= 15_000_000, "stamped {} ns before the read", after - stamp);
+    assert!(
+        after - stamp >= 15_000_000,
+        "stamped {} ns before the read",
+        after - stamp
+    );
     Ok(())
 }
