@@ -137,8 +137,9 @@ impl<K: Hash + Ord + Clone, V: Clone> CowMap<K, V> {
             Ok(j) => Some(std::mem::replace(&mut shard[j].1, value)),
             Err(j) => {
                 if shard.len() == shard.capacity() {
-                    // Grow by a quarter, not double: shards are small and copied whole.
-                    shard.reserve_exact(shard.len() / 4 + 1);
+                    // Grow by an eighth, not double: shards are small and copied whole, and what is
+                    // reserved stays unused in every shard.
+                    shard.reserve_exact(shard.len() / 8 + 1);
                 }
                 shard.insert(j, (key, value));
                 self.len += 1;
@@ -174,7 +175,7 @@ impl<K: Hash + Ord + Clone, V: Clone> CowMap<K, V> {
         let count = n * 2;
         let per = self.len / count;
         let mut shards: Vec<Shard<K, V>> = (0..count)
-            .map(|_| Vec::with_capacity(per + per / 4))
+            .map(|_| Vec::with_capacity(per + per / 8))
             .collect();
         for (k, v) in self.iter() {
             shards[shard_index(&self.hasher, k, count)].push((k.clone(), v.clone()));

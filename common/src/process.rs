@@ -63,6 +63,26 @@ pub fn trim_heap() {
     }
 }
 
+/// Limits glibc's malloc to two arenas (call first thing in `main`, before other threads).
+///
+/// glibc gives threads that contend for the heap arenas of their own, up to eight per CPU. The
+/// catalog's long-lived objects are then spread over several arenas, each interleaving them with
+/// the garbage of the thread that parsed or built them, and the free holes of one arena cannot
+/// serve another: at 50k Services that is about 4 MB of RSS. The allocation-heavy work (parsing,
+/// catalog, view) runs on a few background threads, and the query path does not allocate, so two
+/// arenas cost nothing measurable. A no-op elsewhere than glibc.
+pub fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[allow(
+        unsafe_code,
+        reason = "mallopt takes two integers and only changes the allocator's tuning"
+    )]
+    // SAFETY: mallopt has no memory-safety preconditions; M_ARENA_MAX only bounds future arenas.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 /// Returns on SIGTERM or Ctrl-C (never, if signals cannot be installed).
 pub async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};

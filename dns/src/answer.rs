@@ -419,7 +419,7 @@ impl<'a> Builder<'a> {
     }
 
     fn srv_all_ports(&mut self, s: &ServiceDns) {
-        for port in &s.service.ports {
+        for port in s.service.ports.iter() {
             self.srv_records(s, port.name.as_ref(), port.protocol, true);
         }
     }
@@ -489,16 +489,19 @@ impl<'a> Builder<'a> {
         };
         let mut targets: Vec<(u16, Name, Vec<IpAddr>)> = Vec::new();
         if s.service.headless {
+            let fqdn = s.fqdn();
             for e in s.usable() {
                 let Some(number) = endpoint_port(e, port_name, protocol, bare) else {
                     continue;
                 };
-                if let Some(name) = s.endpoint_name(e) {
+                if let Some(name) = fqdn.as_ref().and_then(|f| s.endpoint_name_under(f, e)) {
                     targets.push((number, name, vec![e.endpoint().ip]));
                 }
             }
-        } else if s.external.is_none() {
-            targets.push((sp.port, s.fqdn.clone(), s.service.cluster_ips.clone()));
+        } else if s.external.is_none()
+            && let Some(fqdn) = s.fqdn()
+        {
+            targets.push((sp.port, fqdn, s.service.cluster_ips.to_vec()));
         }
         let weight = (100 / targets.len().max(1)) as u16;
         for (port, target, ips) in targets {
@@ -611,7 +614,7 @@ fn ns_name(cfg: &ResolveConfig) -> Name {
 
 fn dns_service_ips(view: &View) -> Vec<IpAddr> {
     view.service("kube-system", "kube-dns")
-        .map(|s| s.service.cluster_ips.clone())
+        .map(|s| s.service.cluster_ips.to_vec())
         .unwrap_or_default()
 }
 

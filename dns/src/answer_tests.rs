@@ -29,7 +29,7 @@ fn service(ns: &str, name: &str, ips: &[&str], ports: Vec<ServicePort>) -> Servi
         ObjectKey::new(ns, name),
         ips.iter().map(|s| ip(s)).collect(),
     );
-    s.ports = ports;
+    s.ports = ports.into();
     s
 }
 

@@ -6,6 +6,7 @@ use svcplane_common::process;
 use svcplane_dns::app::{self, Args};
 
 fn main() -> Result<()> {
+    process::limit_malloc_arenas();
     process::init_tracing();
     let args = Args::parse();
     // The query workers are threads of their own at normal priority; everything on the runtime

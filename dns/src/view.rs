@@ -32,8 +32,10 @@ pub struct ViewConfig {
 #[derive(Debug, Clone)]
 pub struct ServiceDns {
     pub service: Arc<Service>,
-    /// `<svc>.<ns>.svc.<zone>`.
-    pub fqdn: Name,
+    /// `svc.<zone>`, shared by every entry: the Service's own name is built from it when asked
+    /// ([`ServiceDns::fqdn`]; only SRV and PTR answers need it), which saves an allocation per
+    /// Service.
+    svc_zone: Name,
     /// For ExternalName Services: the target.
     pub external: Option<Name>,
     /// All endpoints of the Service, as the catalog merged them.
@@ -99,13 +101,29 @@ impl ServiceDns {
         out
     }
 
+    /// `<svc>.<ns>.svc.<zone>` (always Some for an entry of the view, whose name was checked
+    /// to fit in DNS when it was built).
+    pub fn fqdn(&self) -> Option<Name> {
+        let key = &self.service.key;
+        self.svc_zone
+            .child(key.namespace.as_bytes())
+            .and_then(|n| n.child(key.name.as_bytes()))
+            .ok()
+    }
+
     /// The DNS name of an endpoint of this Service.
     pub fn endpoint_name(&self, e: &MergedEndpoint) -> Option<Name> {
+        self.endpoint_name_under(&self.fqdn()?, e)
+    }
+
+    /// The DNS name of an endpoint of this Service, given the Service's [`ServiceDns::fqdn`]
+    /// (for answers that name several endpoints).
+    pub fn endpoint_name_under(&self, fqdn: &Name, e: &MergedEndpoint) -> Option<Name> {
         let label = match &e.endpoint().hostname {
             Some(h) => h.to_string(),
             None => dashed(&e.endpoint().ip),
         };
-        self.fqdn.child(label.as_bytes()).ok()
+        fqdn.child(label.as_bytes()).ok()
     }
 }
 
@@ -192,14 +210,16 @@ impl View {
 /// previous entry when it changes, so no bookkeeping beyond the view itself is kept.
 #[derive(Debug)]
 pub struct ViewBuilder {
-    config: ViewConfig,
+    /// `svc.<zone>` (None if the zone is too long to have Services under it).
+    svc_zone: Option<Name>,
     view: View,
 }
 
 impl ViewBuilder {
     pub fn new(config: ViewConfig) -> Self {
+        let svc_zone = config.zone.child(b"svc").ok();
         ViewBuilder {
-            config,
+            svc_zone,
             view: View::default(),
         }
     }
@@ -238,7 +258,11 @@ impl ViewBuilder {
             .get(key)
             .cloned()
             .unwrap_or_else(|| Arc::from(Vec::new()));
-        let Some(entry) = build(&self.config, service.clone(), endpoints) else {
+        let entry = self
+            .svc_zone
+            .as_ref()
+            .and_then(|zone| build(zone, service.clone(), endpoints));
+        let Some(entry) = entry else {
             tracing::warn!(service = %key, "service name does not fit in DNS; not served");
             return;
         };
@@ -277,14 +301,13 @@ fn partition_point(len: usize, pred: impl Fn(usize) -> bool) -> usize {
 
 /// The DNS entry of one Service; None if its name does not fit in DNS.
 fn build(
-    config: &ViewConfig,
+    svc_zone: &Name,
     service: Arc<Service>,
     endpoints: Arc<[MergedEndpoint]>,
 ) -> Option<ServiceDns> {
-    let fqdn = config
-        .zone
-        .child(b"svc")
-        .and_then(|n| n.child(service.key.namespace.as_bytes()))
+    // Checks that the name fits; it is built again when an answer needs it.
+    svc_zone
+        .child(service.key.namespace.as_bytes())
         .and_then(|n| n.child(service.key.name.as_bytes()))
         .ok()?;
     let external = match (&service.service_type, &service.external_name) {
@@ -310,7 +333,7 @@ fn build(
     };
     Some(ServiceDns {
         service,
-        fqdn,
+        svc_zone: svc_zone.clone(),
         external,
         endpoints,
         usable,

@@ -41,7 +41,8 @@ fn service(ns: &str, name: &str, ips: &[&str]) -> Service {
         port: 80,
         target_port: TargetPort::Number(8080),
         node_port: None,
-    }];
+    }]
+    .into();
     s
 }
 
@@ -71,7 +72,7 @@ fn view() -> Arc<View> {
     let mut ext = service("prod", "ext", &[]);
     ext.service_type = ServiceType::ExternalName;
     ext.headless = false;
-    ext.ports.clear();
+    ext.ports = Arc::new([]);
     ext.external_name = Some("web.prod.svc.cluster.local".into());
     let mut out = ext.clone();
     out.key = ObjectKey::new("prod", "out");

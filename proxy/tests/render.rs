@@ -173,7 +173,8 @@ fn service(name: &str, ip: &str, affinity: bool) -> Object {
         port: 80,
         target_port: TargetPort::Number(8080),
         node_port: None,
-    }];
+    }]
+    .into();
     s.affinity_timeout = affinity.then_some(30);
     Object::Service(Arc::new(s))
 }

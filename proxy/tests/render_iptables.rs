@@ -278,7 +278,8 @@ fn svc(name: &str, ip: &str, affinity: bool) -> Service {
         port: 80,
         target_port: TargetPort::Number(8080),
         node_port: None,
-    }];
+    }]
+    .into();
     s.affinity_timeout = affinity.then_some(30);
     s
 }
@@ -312,13 +313,17 @@ fn slice(name: &str, ips: &[&str]) -> Object {
 fn lb(name: &str, ip: &str, lb_ip: &str, node_port: u16) -> Service {
     let mut s = svc(name, ip, false);
     s.service_type = ServiceType::LoadBalancer;
-    s.ports[0].node_port = Some(node_port);
+    let mut ports = s.ports.to_vec();
+    ports[0].node_port = Some(node_port);
+    s.ports = ports.into();
     s.external_traffic_policy = TrafficPolicy::Local;
     s.lb_ingress = vec![LbIngress {
         ip: lb_ip.parse().unwrap(),
         ip_mode: IpMode::Vip,
-    }];
-    s.lb_source_ranges = vec![svcplane_common::config::parse_prefix("203.0.113.0/24").unwrap()];
+    }]
+    .into();
+    s.lb_source_ranges =
+        vec![svcplane_common::config::parse_prefix("203.0.113.0/24").unwrap()].into();
     s
 }
 

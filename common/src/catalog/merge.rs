@@ -57,7 +57,6 @@ mod tests {
             ready,
             serving,
             terminating: !ready,
-            hints: None,
         }
     }
 

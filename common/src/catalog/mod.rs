@@ -49,7 +49,8 @@ pub struct Snapshot {
     pub node_changes: imbl::Vector<u64>,
     /// When the first event folded into this snapshot arrived (for programming latency).
     pub changed_at: Option<Instant>,
-    /// The newest generation whose changes were dropped from the logs (0: nothing dropped).
+    /// The newest generation whose changes were dropped from the logs, or were a bulk change
+    /// logged as a whole rather than key by key (0: nothing dropped).
     pub change_log_floor: u64,
 }
 

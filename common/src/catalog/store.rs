@@ -19,13 +19,14 @@ use crate::source::SourceEvent;
 #[derive(Debug, Default)]
 pub struct Store {
     snap: Snapshot,
-    /// Slices grouped by the key of the Service they belong to, in slice-name order (a sorted
-    /// `Vec`: a Service has few slices, and a map per Service would cost more than its slices).
+    /// Every known slice, by its key; the Service it belongs to is its
+    /// `kubernetes.io/service-name` in its namespace ([`owner`]).
     /// `CowMap`s here for their compactness, not their clones.
-    slices: CowMap<ObjectKey, Vec<Arc<EndpointSlice>>>,
-    /// Every known slice and the Service it belongs to (None: no `kubernetes.io/service-name`).
-    slice_owner: CowMap<ObjectKey, Option<ObjectKey>>,
-    /// Services changed since the last snapshot.
+    slices: CowMap<ObjectKey, Arc<EndpointSlice>>,
+    /// The slices of each Service that has some, by the Service's key.
+    by_service: CowMap<ObjectKey, Slices>,
+    /// Services changed since the last snapshot (emptied and shrunk by each snapshot: a bulk
+    /// load fills it with every Service).
     changed: HashSet<ObjectKey>,
     /// Services whose slices changed since the last snapshot.
     remerge: HashSet<ObjectKey>,
@@ -70,11 +71,15 @@ impl Store {
         for service in std::mem::take(&mut self.remerge) {
             self.remerge_endpoints(&service);
         }
+        let changed = std::mem::take(&mut self.changed);
         let snap = &mut self.snap;
         snap.generation += 1;
         snap.changed_at = self.first_event.take();
-        if !self.changed.is_empty() {
-            let keys: Arc<[ObjectKey]> = self.changed.drain().collect();
+        if is_bulk(changed.len(), snap.services.len()) {
+            snap.change_log.clear();
+            snap.change_log_floor = snap.generation;
+        } else if !changed.is_empty() {
+            let keys: Arc<[ObjectKey]> = changed.into_iter().collect();
             snap.change_log.push_back((snap.generation, keys));
             while snap.change_log.len() > CHANGE_LOG_LEN {
                 if let Some((g, _)) = snap.change_log.pop_front() {
@@ -120,7 +125,7 @@ impl Store {
         };
         match kind {
             Kind::Service => self.snap.services.keys().cloned().collect(),
-            Kind::EndpointSlice => self.slice_owner.keys().cloned().collect(),
+            Kind::EndpointSlice => self.slices.keys().cloned().collect(),
             Kind::Pod => self.snap.pods.keys().cloned().collect(),
             Kind::Node => self.snap.nodes.keys().map(cluster).collect(),
             Kind::Namespace => self.snap.namespaces.iter().map(cluster).collect(),
@@ -174,56 +179,51 @@ impl Store {
     }
 
     fn upsert_slice(&mut self, slice: Arc<EndpointSlice>) {
-        let owner = slice.service_name.as_ref().map(|svc| ObjectKey {
-            namespace: slice.key.namespace.clone(),
-            name: svc.clone(),
-        });
-        if let Some(old_owner) = self.slice_owner.get(&slice.key) {
-            let unchanged = *old_owner == owner
-                && old_owner.as_ref().is_none_or(|o| {
-                    self.slices.get(o).is_some_and(|list| {
-                        find(list, &slice.key.name).is_ok_and(|i| list[i] == slice)
-                    })
-                });
-            if unchanged {
-                return;
-            }
+        if self.slices.get(&slice.key) == Some(&slice) {
+            return;
         }
         self.delete_slice(&slice.key);
-        self.slice_owner.insert(slice.key.clone(), owner.clone());
-        if let Some(owner) = owner {
-            if self.slices.get(&owner).is_none() {
-                self.slices.insert(owner.clone(), Vec::with_capacity(1));
-            }
-            if let Some(list) = self.slices.get_mut(&owner) {
-                match find(list, &slice.key.name) {
-                    Ok(i) => list[i] = slice,
-                    Err(i) => list.insert(i, slice),
-                }
-            }
-            self.remerge.insert(owner);
+        self.slices.insert(slice.key.clone(), slice.clone());
+        let Some(owner) = owner(&slice) else { return };
+        let mut list = self
+            .by_service
+            .get(&owner)
+            .map_or_else(Vec::new, |s| s.as_slice().to_vec());
+        match find(&list, &slice.key.name) {
+            Ok(i) => list[i] = slice,
+            Err(i) => list.insert(i, slice),
         }
-    }
-
-    fn delete_slice(&mut self, key: &ObjectKey) {
-        let Some(owner) = self.slice_owner.remove(key) else {
-            return;
-        };
-        let Some(owner) = owner else { return };
-        if let Some(slices) = self.slices.get_mut(&owner) {
-            if let Ok(i) = find(slices, &key.name) {
-                slices.remove(i);
-            }
-            if slices.is_empty() {
-                self.slices.remove(&owner);
-            }
-        }
+        self.set_slices(&owner, list);
         self.remerge.insert(owner);
     }
 
+    fn delete_slice(&mut self, key: &ObjectKey) {
+        let Some(old) = self.slices.remove(key) else {
+            return;
+        };
+        let Some(owner) = owner(&old) else { return };
+        let mut list = self
+            .by_service
+            .get(&owner)
+            .map_or_else(Vec::new, |s| s.as_slice().to_vec());
+        if let Ok(i) = find(&list, &key.name) {
+            list.remove(i);
+        }
+        self.set_slices(&owner, list);
+        self.remerge.insert(owner);
+    }
+
+    /// Sets the slices of Service `owner` (none: forgets it).
+    fn set_slices(&mut self, owner: &ObjectKey, list: Vec<Arc<EndpointSlice>>) {
+        match Slices::new(list) {
+            Some(slices) => drop(self.by_service.insert(owner.clone(), slices)),
+            None => drop(self.by_service.remove(owner)),
+        }
+    }
+
     fn remerge_endpoints(&mut self, service: &ObjectKey) {
-        let merged = match self.slices.get(service) {
-            Some(slices) => merge::merge(slices),
+        let merged = match self.by_service.get(service) {
+            Some(slices) => merge::merge(slices.as_slice()),
             None => Arc::from(Vec::new()),
         };
         let old = self.snap.endpoints.get(service);
@@ -283,6 +283,58 @@ impl Store {
             .is_none()
         {
             self.dirty = true;
+        }
+    }
+}
+
+/// A generation changing at least this many Services, and more than half of those known, is
+/// not logged key by key (see [`is_bulk`]).
+const BULK_CHANGE: usize = 1024;
+
+/// Whether a generation that changed `changed` of `services` Services is a bulk change (the
+/// first load, a relist, a mass update). Such a change is logged as the new change-log floor
+/// instead of as keys: a consumer that has not seen it redoes everything, which costs it about
+/// what applying that many changes one by one would, and the log does not hold a copy of every
+/// key (1.6 MB at 50k Services) for as long as the generation stays in it.
+fn is_bulk(changed: usize, services: usize) -> bool {
+    changed >= BULK_CHANGE && changed * 2 > services
+}
+
+/// The key of the Service a slice belongs to (None: no `kubernetes.io/service-name`).
+fn owner(slice: &EndpointSlice) -> Option<ObjectKey> {
+    let name = slice.service_name.as_ref()?;
+    Some(ObjectKey {
+        namespace: slice.key.namespace.clone(),
+        name: name.clone(),
+    })
+}
+
+/// The slices of one Service, in slice-name order (a Service has few slices, and a map per
+/// Service would cost more than its slices). Almost every Service has exactly one, which is
+/// then held without an allocation of its own.
+#[derive(Debug, Clone)]
+enum Slices {
+    One(Arc<EndpointSlice>),
+    Many(Box<[Arc<EndpointSlice>]>),
+}
+
+// The enum packs into the size of the boxed slice's pointer and length.
+const _: () = assert!(size_of::<Slices>() == 16);
+
+impl Slices {
+    /// None for an empty list.
+    fn new(mut list: Vec<Arc<EndpointSlice>>) -> Option<Slices> {
+        match list.len() {
+            0 => None,
+            1 => list.pop().map(Slices::One),
+            _ => Some(Slices::Many(list.into())),
+        }
+    }
+
+    fn as_slice(&self) -> &[Arc<EndpointSlice>] {
+        match self {
+            Slices::One(slice) => std::slice::from_ref(slice),
+            Slices::Many(list) => list,
         }
     }
 }

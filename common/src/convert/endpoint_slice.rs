@@ -54,7 +54,7 @@ pub fn endpoint_slice(obj: &api::EndpointSlice) -> Result<Option<EndpointSlice>,
         key: ObjectKey { namespace, name },
         service_name: label(labels, SERVICE_NAME_LABEL),
         family,
-        ports: ports.into(),
+        ports: crate::intern::endpoint_ports(&ports),
         endpoints,
     }))
 }
@@ -114,11 +114,10 @@ fn endpoint(i: usize, e: &api::Endpoint, family: Family) -> Result<Endpoint, Con
     Ok(Endpoint {
         ip,
         hostname,
-        locality: crate::intern::locality(node_name.as_deref(), zone),
+        locality: crate::intern::locality(node_name.as_deref(), zone, hints),
         ready,
         serving: conditions.serving.unwrap_or(ready),
         terminating: conditions.terminating.unwrap_or(false),
-        hints,
     })
 }
 
@@ -158,10 +157,7 @@ fn optional_name(
     }
 }
 
-fn hints(
-    field: &str,
-    hints: Option<&api::EndpointHints>,
-) -> Result<Option<Box<Hints>>, ConvertError> {
+fn hints(field: &str, hints: Option<&api::EndpointHints>) -> Result<Option<Hints>, ConvertError> {
     let Some(hints) = hints else {
         return Ok(None);
     };
@@ -172,7 +168,7 @@ fn hints(
     if zones.is_empty() && nodes.is_empty() {
         return Ok(None);
     }
-    Ok(Some(Box::new(Hints { zones, nodes })))
+    Ok(Some(Hints { zones, nodes }))
 }
 
 fn hint_names<'a>(

@@ -46,7 +46,7 @@ impl PtrTarget {
     /// `<svc>.<ns>.svc.<zone>` or `<hostname>.<svc>.<ns>.svc.<zone>`.
     pub fn name(&self) -> Option<Name> {
         if self.endpoint == CLUSTER_IP {
-            return Some(self.service.fqdn.clone());
+            return self.service.fqdn();
         }
         let e = self.service.endpoints.get(self.endpoint as usize)?;
         self.service.endpoint_name(e)
@@ -119,7 +119,7 @@ impl Reverse {
     pub fn publish(&mut self, ip: IpAddr, target: PtrTarget) {
         let mut targets: Vec<PtrTarget> = self.get(&ip).map(|t| t.to_vec()).unwrap_or_default();
         targets.push(target);
-        targets.sort_by(|a, b| a.service.fqdn.wire().cmp(b.service.fqdn.wire()));
+        targets.sort_by_cached_key(|t| t.service.fqdn().map(|n| n.wire().to_vec()));
         self.set(ip, targets);
     }
 

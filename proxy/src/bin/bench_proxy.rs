@@ -678,7 +678,8 @@ fn service(i: u32) -> Object {
         port: SERVICE_PORT,
         target_port: TargetPort::Number(TARGET_PORT),
         node_port: None,
-    }];
+    }]
+    .into();
     Object::Service(Arc::new(s))
 }
 

@@ -154,7 +154,7 @@ pub fn contribution(
         .iter()
         .map(|ip| ("cluster-ips".into(), addr(ip).into()))
         .collect();
-    for port in &service.ports {
+    for port in service.ports.iter() {
         let sel = endpoints::select(service, port, endpoints, family, &config.node);
         let mut b = Builder {
             c: &mut c,

@@ -2,7 +2,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use svcplane_common::model::{
-    Endpoint, EndpointPort, Family, IpMode, LbIngress, MergedEndpoint, ObjectKey, Protocol,
+    Endpoint, EndpointPort, Family, Hints, IpMode, LbIngress, MergedEndpoint, ObjectKey, Protocol,
     Service, ServicePort, ServiceType, TargetPort, TrafficPolicy,
 };
 
@@ -32,7 +32,7 @@ fn http() -> ServicePort {
 
 fn cluster_ip() -> Service {
     let mut service = Service::new(ObjectKey::new("ns", "svc"), vec![ip("10.96.0.10")]);
-    service.ports = vec![http()];
+    service.ports = vec![http()].into();
     service
 }
 
@@ -42,7 +42,7 @@ fn node_port(etp: TrafficPolicy) -> (Service, ServicePort) {
     let mut service = cluster_ip();
     service.service_type = ServiceType::NodePort;
     service.external_traffic_policy = etp;
-    service.ports = vec![port.clone()];
+    service.ports = vec![port.clone()].into();
     (service, port)
 }
 
@@ -62,12 +62,16 @@ fn terminating(mut e: Endpoint, serving: bool) -> Endpoint {
 }
 
 fn zones(mut e: Endpoint, zones: &[&str]) -> Endpoint {
-    e.hints.get_or_insert_default().zones = zones.iter().map(|&z| z.into()).collect();
+    let nodes = e.hint_nodes().to_vec();
+    let zones = zones.iter().map(|&z| z.into()).collect();
+    e.set_hints(Hints { zones, nodes });
     e
 }
 
 fn nodes(mut e: Endpoint, nodes: &[&str]) -> Endpoint {
-    e.hints.get_or_insert_default().nodes = nodes.iter().map(|&n| n.into()).collect();
+    let zones = e.hint_zones().to_vec();
+    let nodes = nodes.iter().map(|&n| n.into()).collect();
+    e.set_hints(Hints { zones, nodes });
     e
 }
 
@@ -219,7 +223,9 @@ fn endpoints_without_the_port_name_and_protocol_are_no_backends() {
 #[test]
 fn unnamed_service_port_matches_the_unnamed_slice_port() {
     let mut service = cluster_ip();
-    service.ports[0].name = "".into();
+    let mut ports = service.ports.to_vec();
+    ports[0].name = "".into();
+    service.ports = ports.into();
     let eps = [with_ports(
         ep("10.0.0.1", THERE),
         vec![port("", Protocol::Tcp, 8080)],
@@ -324,7 +330,7 @@ fn external_policy_local_needs_external_frontends() {
     assert!(out.local.is_empty());
 
     // With an externalIP it does.
-    service.external_ips = vec![ip("192.0.2.1")];
+    service.external_ips = vec![ip("192.0.2.1")].into();
     let out = run(&service, &eps);
     assert!(out.external_policy_local && out.externally_accessible);
     assert_eq!(addrs(out.external()), ["10.0.0.1:8080"]);
@@ -345,7 +351,8 @@ fn external_frontends_are_per_family() {
             ip: ip("2001:db8::1"),
             ip_mode: IpMode::Proxy,
         },
-    ];
+    ]
+    .into();
     let eps = [at(ep("fd00::1", HERE), 8080)];
     let v6 = select(&service, &service.ports[0], &eps, Family::V6, &node());
     assert!(v6.external_policy_local && !v6.externally_accessible);

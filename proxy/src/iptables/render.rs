@@ -121,7 +121,7 @@ pub fn service(
         );
         out.push(base.cluster_ip_section(ip), address_bucket(ip), rule);
     }
-    for port in &service.ports {
+    for port in service.ports.iter() {
         let sel = endpoints::select(service, port, endpoints, family, &config.node);
         PortRules::new(&mut out, base, service, port, &sel).render(&cluster_ips);
     }

@@ -27,7 +27,7 @@ fn defaults() {
     assert_eq!(s.service_type, ServiceType::ClusterIp);
     assert!(!s.headless && s.cluster_ips.is_empty());
     assert_eq!(
-        s.ports,
+        s.ports.to_vec(),
         vec![ServicePort {
             name: "".into(),
             protocol: Protocol::Tcp,
@@ -248,9 +248,9 @@ fn cluster_ips() {
     let s = service(&doc(&format!(
         "  clusterIP: 10.96.0.10\n  clusterIPs: [10.96.0.10, fd00::10]\n{PORT}"
     )));
-    assert_eq!(s.cluster_ips, [ip("10.96.0.10"), ip("fd00::10")]);
+    assert_eq!(*s.cluster_ips, [ip("10.96.0.10"), ip("fd00::10")]);
     let s = service(&doc(&format!("  clusterIPs: [fd00::10]\n{PORT}")));
-    assert_eq!(s.cluster_ips, [ip("fd00::10")]);
+    assert_eq!(*s.cluster_ips, [ip("fd00::10")]);
     assert_eq!(
         error(&doc(&format!("  clusterIP: 010.0.0.1\n{PORT}"))),
         "spec.clusterIP: \"010.0.0.1\" has a leading zero (CVE-2021-29923)"
@@ -328,7 +328,7 @@ fn traffic_policies() {
         "  externalTrafficPolicy: Local\n  externalIPs: [192.0.2.10]\n{PORT}"
     )));
     assert_eq!(s.external_traffic_policy, TrafficPolicy::Local);
-    assert_eq!(s.external_ips, [ip("192.0.2.10")]);
+    assert_eq!(*s.external_ips, [ip("192.0.2.10")]);
     assert_eq!(
         error(&doc(&format!(
             "  type: NodePort\n  externalTrafficPolicy: Global\n{PORT}"
@@ -379,7 +379,10 @@ fn source_ranges() {
         "  type: LoadBalancer\n  loadBalancerSourceRanges: [10.0.0.0/8, ' 192.168.1.7/24 ']\n{PORT}"
     )));
     let p = |a: &str, len| IpPrefix { addr: ip(a), len };
-    assert_eq!(s.lb_source_ranges, [p("10.0.0.0", 8), p("192.168.1.0", 24)]);
+    assert_eq!(
+        *s.lb_source_ranges,
+        [p("10.0.0.0", 8), p("192.168.1.0", 24)]
+    );
     assert_eq!(
         error(&doc(&format!(
             "  loadBalancerSourceRanges: [10.0.0.0/8]\n{PORT}"
@@ -394,7 +397,7 @@ fn source_ranges() {
     );
     let annotated = "apiVersion: v1\nkind: Service\nmetadata:\n  name: a\n  annotations:\n    service.beta.kubernetes.io/load-balancer-source-ranges: '10.1.0.0/16, fd00::/8'\nspec: {type: LoadBalancer, ports: [{port: 80}]}\n";
     assert_eq!(
-        service(annotated).lb_source_ranges,
+        *service(annotated).lb_source_ranges,
         [p("10.1.0.0", 16), p("fd00::", 8)]
     );
 }
@@ -404,7 +407,7 @@ fn load_balancer_ingress() {
     let status = "status:\n  loadBalancer:\n    ingress:\n    - ip: 203.0.113.1\n    - {ip: 203.0.113.2, ipMode: Proxy}\n    - hostname: lb.example.com\n";
     let lb = format!("{}{status}", doc(&format!("  type: LoadBalancer\n{PORT}")));
     assert_eq!(
-        service(&lb).lb_ingress,
+        *service(&lb).lb_ingress,
         [
             LbIngress {
                 ip: ip("203.0.113.1"),

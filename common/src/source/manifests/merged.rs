@@ -8,10 +8,11 @@
 //! Data structure, chosen so that the common case (every object defined by exactly one file)
 //! costs no more than one map entry per object:
 //!
-//! - `kinds`: one [`CowMap`] per kind, `ObjectKey → Winner`, where a [`Winner`] is the winning
-//!   object and the [`FileId`] of the file it comes from. An entry is 56 bytes (a 32-byte key,
-//!   a 16-byte object, a 4-byte file id) in a sorted shard, with no per-node overhead; the
-//!   object itself is shared (`Arc`) with the file that defines it.
+//! - `kinds`: one [`Winners`] table per kind, where a [`Winner`] is the winning object and the
+//!   [`FileId`] of the file it comes from, found by the object's own namespace/name. An entry is
+//!   24 bytes (a 16-byte object, a 4-byte file id) in a hash table, with no per-node overhead
+//!   and no second copy of the key; the object itself is shared (`Arc`) with the file that
+//!   defines it.
 //! - `shared`: for the rare keys that two or more files define, every defining file. Keys
 //!   defined by one file are absent, so this is empty in the common case.
 //!
@@ -29,7 +30,7 @@
 use std::collections::HashMap;
 
 use super::parse::Slot;
-use crate::cowmap::CowMap;
+use super::winners::{Winner, Winners};
 use crate::model::{Kind, Object, ObjectKey, ObjectRef};
 use crate::source::SourceEvent;
 
@@ -45,21 +46,11 @@ pub(super) trait FileTable {
     fn definition(&self, id: FileId, kind: Kind, key: &ObjectKey) -> Option<Object>;
 }
 
-/// The object that wins a key, and the file it comes from.
-#[derive(Debug, Clone)]
-struct Winner {
-    object: Object,
-    file: FileId,
-}
-
-// An entry of the merged view: a 32-byte key and a 24-byte winner.
-const _: () = assert!(size_of::<(ObjectKey, Winner)>() == 56);
-
 /// The merged view: for every key some file defines, the winning object.
 #[derive(Default)]
 pub(super) struct Merged {
     /// By [`kind_index`].
-    kinds: [CowMap<ObjectKey, Winner>; 5],
+    kinds: [Winners; 5],
     /// Every file defining the key, for keys that more than one file defines.
     shared: HashMap<(Kind, ObjectKey), Vec<FileId>>,
 }
@@ -77,9 +68,12 @@ impl Merged {
 
     /// The merged objects of one kind, by namespace/name.
     pub(super) fn objects_of(&self, kind: Kind) -> Vec<Object> {
-        let mut entries: Vec<(&ObjectKey, &Winner)> = self.kinds[kind_index(kind)].iter().collect();
-        entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        entries.into_iter().map(|(_, w)| w.object.clone()).collect()
+        let mut objects: Vec<&Object> = self.kinds[kind_index(kind)]
+            .iter()
+            .map(|w| &w.object)
+            .collect();
+        objects.sort_unstable_by(|a, b| a.ns_name().cmp(&b.ns_name()));
+        objects.into_iter().cloned().collect()
     }
 
     /// How many keys more than one file defines.
@@ -126,7 +120,7 @@ impl Merged {
                 object: object.clone(),
                 file,
             };
-            map.insert(key.clone(), winner);
+            map.insert_new(winner);
             return;
         };
         if winner.file != file {

@@ -23,6 +23,7 @@ mod merged;
 mod parse;
 mod scan;
 mod state;
+mod winners;
 
 #[cfg(test)]
 mod tests;

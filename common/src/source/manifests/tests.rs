@@ -236,7 +236,7 @@ fn myapp_prod_example() {
     assert_eq!(postgres.ports[0].port, 5432);
     assert_eq!(redis.key.to_string(), "myapp-prod/redis-service");
     assert_eq!(
-        redis.cluster_ips,
+        *redis.cluster_ips,
         ["10.96.1.100".parse::<std::net::IpAddr>().expect("ip")]
     );
     assert_eq!(
@@ -246,7 +246,7 @@ fn myapp_prod_example() {
     assert_eq!(web.key.to_string(), "myapp-prod/web-app-service");
     assert_eq!(web.service_type, ServiceType::ClusterIp);
     assert_eq!(
-        web.cluster_ips,
+        *web.cluster_ips,
         ["10.96.1.200".parse::<std::net::IpAddr>().expect("ip")]
     );
     assert_eq!(
