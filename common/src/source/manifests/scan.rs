@@ -9,6 +9,12 @@ use std::path::{Path, PathBuf};
 /// Directory depth below a root at which the walk stops (guards against symlink loops).
 const MAX_DEPTH: usize = 16;
 
+/// The walk yields the CPU after this many entries. It runs at a low priority beside the DNS
+/// query workers, often on the same CPU; the scheduler lets a thread it picked run out its slice
+/// (about 3 ms) before a runnable worker gets the CPU back, so without yields a poll of 500 files
+/// held the worker up for its whole length. With them a worker waits for at most 32 `stat`s.
+const YIELD_EVERY: usize = 32;
+
 /// What identifies one version of a file's content without reading it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Stamp {
@@ -63,7 +69,10 @@ fn walk(dir: &Path, depth: usize, found: &mut BTreeMap<PathBuf, Stamp>) {
             return;
         }
     };
-    for entry in entries.flatten() {
+    for (index, entry) in entries.flatten().enumerate() {
+        if index % YIELD_EVERY == YIELD_EVERY - 1 {
+            std::thread::yield_now();
+        }
         let name = entry.file_name();
         let Some(name) = name.to_str() else {
             continue;
@@ -71,14 +80,24 @@ fn walk(dir: &Path, depth: usize, found: &mut BTreeMap<PathBuf, Stamp>) {
         if is_hidden_or_temp(name) {
             continue;
         }
-        let path = entry.path();
-        match fs::metadata(&path) {
-            Ok(meta) if meta.is_dir() => walk(&path, depth + 1, found),
-            Ok(meta) if meta.is_file() && is_manifest_name(name) => {
-                found.insert(path, Stamp::of(&meta));
+        match metadata(&entry) {
+            Some(meta) if meta.is_dir() => walk(&entry.path(), depth + 1, found),
+            Some(meta) if meta.is_file() && is_manifest_name(name) => {
+                found.insert(entry.path(), Stamp::of(&meta));
             }
             _ => {}
         }
+    }
+}
+
+/// An entry's metadata, following symlinks. A plain entry is stat'ed relative to its directory
+/// (no walk of the whole path); only symlinks take the full `stat` of their path.
+fn metadata(entry: &fs::DirEntry) -> Option<fs::Metadata> {
+    let is_link = entry.file_type().ok()?.is_symlink();
+    if is_link {
+        fs::metadata(entry.path()).ok()
+    } else {
+        entry.metadata().ok()
     }
 }
 
