@@ -565,9 +565,19 @@ mod tests {
         assert_eq!(get(two).await.status, 200);
     }
 
+    /// A listener on a port below the ephemeral range (and below the fixed 30000s other tests
+    /// use), so that once it is dropped no parallel test's `bind(0)` can take the port before
+    /// the health server binds it again.
+    fn listener_outside_ephemeral_range() -> std::net::TcpListener {
+        let start = 20_000 + (std::process::id() % 5_000) as u16;
+        (start..30_000)
+            .find_map(|port| std::net::TcpListener::bind((LOCALHOST, port)).ok())
+            .expect("a free port in 20000-29999")
+    }
+
     #[tokio::test]
     async fn bind_failure_is_reported_and_others_start() {
-        let taken = std::net::TcpListener::bind((LOCALHOST, 0)).unwrap();
+        let taken = listener_outside_ephemeral_range();
         let busy = taken.local_addr().unwrap().port();
         let free = free_port();
         let mut servers = HealthServers::new(vec![LOCALHOST]);
